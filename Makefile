@@ -1,0 +1,69 @@
+# The README's commands. Each target sets up what it needs, idempotently:
+#   make setup   system packages, .venv with torch==2.13.0, the editable build (with C++ tests)
+#   make demo    the main job on the embedded default data
+#   make test    every test: C++ (ctest) and Python (pytest)
+#   make build   incremental rebuild of the C++ core into the editable install
+#   make bench   benchmarks (ratios against references measured in the same run)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUILD := build/dev
+STAMPS := .stamps
+TORCH_SPEC ?= torch==2.13.0
+JOBS ?= $(shell nproc)
+
+.PHONY: help setup build demo test test-cpp test-python bench clean
+
+help:
+	@sed -n '2,7p' Makefile | sed 's/^# *//'
+
+$(STAMPS)/system: scripts/system-packages.txt scripts/install-system-packages.sh
+	@mkdir -p $(STAMPS)
+	./scripts/install-system-packages.sh
+	@touch $@
+
+$(STAMPS)/venv: $(STAMPS)/system
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@touch $@
+
+# torch is installed on its own, pinned, before anything can pull another build of it.
+$(STAMPS)/python-deps: $(STAMPS)/venv pyproject.toml
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "scikit-build-core>=0.10" "cmake>=3.26" ninja
+	$(PIP) install -q --no-build-isolation \
+	  -C build-dir=$(BUILD) -C cmake.define.ENSTACK_BUILD_TESTS=ON \
+	  -e ".[test]"
+	@touch $@
+
+# After the first editable install, rebuilds go straight through CMake (seconds, not a pip run).
+build: $(STAMPS)/python-deps
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])'); \
+	$(VENV)/bin/cmake --build $(BUILD) -j $(JOBS) && $(VENV)/bin/cmake --install $(BUILD) --prefix "$$site/enstack" > /dev/null
+
+setup: build
+
+demo: setup
+	$(VENV)/bin/enstack doctor
+	$(VENV)/bin/enstack model init configs/models/tiny-roberta.json runs/demo/model
+	$(VENV)/bin/enstack model check runs/demo/model
+
+test-cpp: setup
+	$(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure --no-tests=error -j $(JOBS)
+
+test-python: setup
+	$(PY) -m pytest
+
+test: test-cpp test-python
+
+bench: setup
+	$(PY) benchmarks/encoder.py
+
+clean:
+	rm -rf build $(STAMPS) runs

@@ -1,0 +1,129 @@
+// Bindings for enstack::util: the exception hierarchy (the one place where C++
+// errors become Python exceptions), the log bridge to Python's `logging`, and
+// build facts for `enstack doctor`.
+#include <c10/util/Exception.h>
+#include <torch/python.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <ATen/Parallel.h>
+
+#include <thread>
+
+#include "bindings.h"
+#include "enstack/util/build_info.h"
+#include "enstack/util/error.h"
+#include "enstack/util/logging.h"
+
+namespace py = pybind11;
+
+namespace enstack::bindings {
+namespace {
+
+using util::LogLevel;
+
+int python_level(LogLevel level) {
+  switch (level) {
+    case LogLevel::kTrace:
+    case LogLevel::kDebug: return 10;
+    case LogLevel::kInfo: return 20;
+    case LogLevel::kWarn: return 30;
+    default: return 40;
+  }
+}
+
+// Sends C++ log records to logging.getLogger("enstack"). Called from any thread
+// with no enstack lock held; takes the GIL for the call.
+void forward_to_python(LogLevel level, std::string_view message) {
+  if (!Py_IsInitialized()) return;
+  py::gil_scoped_acquire gil;
+  try {
+    static py::object* logger = new py::object(py::module_::import("logging").attr("getLogger")("enstack"));
+    (*logger).attr("log")(python_level(level), py::str(message.data(), message.size()));
+  } catch (py::error_already_set& e) {
+    e.discard_as_unraisable("enstack log forwarding");
+  }
+}
+
+void register_exceptions(py::module_& m) {
+  auto& base = py::register_exception<enstack::Error>(m, "Error", PyExc_Exception);
+  py::register_exception<ConfigError>(m, "ConfigError", base.ptr());
+  py::register_exception<DataError>(m, "DataError", base.ptr());
+  py::register_exception<CheckpointError>(m, "CheckpointError", base.ptr());
+  py::register_exception<ModelError>(m, "ModelError", base.ptr());
+  // TORCH_CHECK and other c10 errors: the Python type torch would use, message
+  // without the C++ backtrace.
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const c10::IndexError& e) {
+      PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
+    } catch (const c10::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    } catch (const c10::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
+    } catch (const c10::NotImplementedError& e) {
+      PyErr_SetString(PyExc_NotImplementedError, e.what_without_backtrace());
+    } catch (const c10::Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    }
+  });
+}
+
+void bind_testing(py::module_& m) {
+  auto t = m.def_submodule("_testing", "Hooks that let the test-suite cross the C++/Python boundary.");
+  t.def("throw_error", [](const std::string& kind, const std::string& message) {
+    if (kind == "Error") throw Error(message);
+    if (kind == "ConfigError") throw ConfigError(message);
+    if (kind == "DataError") throw DataError(message);
+    if (kind == "CheckpointError") throw CheckpointError(message);
+    if (kind == "ModelError") throw ModelError(message);
+    if (kind == "torch_check") TORCH_CHECK(false, message);
+    if (kind == "internal") ENSTACK_ASSERT(false, message);
+    throw std::invalid_argument("unknown error kind " + kind);
+  });
+  t.def("log_from_thread", [](const std::string& level, const std::string& message) {
+    // A record emitted by a C++ thread that is not Python's, with the GIL released
+    // by the caller, as the trainer's loader threads will.
+    auto parsed = util::parse_log_level(level);
+    py::gil_scoped_release release;
+    std::thread([&] { util::log(parsed, message); }).join();
+  });
+}
+
+}  // namespace
+
+void bind_util(py::module_& m) {
+  register_exceptions(m);
+  auto u = m.def_submodule("util", "Logging and build information of the C++ core.");
+  u.def("log", [](const std::string& level, const std::string& message) {
+    util::log(util::parse_log_level(level), message);
+  }, py::arg("level"), py::arg("message"), "Emits a record through the core's logger.");
+  u.def("set_log_level", [](const std::string& level) { util::set_log_level(util::parse_log_level(level)); },
+        py::arg("level"));
+  u.def("log_level", [] { return std::string(util::log_level_name(util::log_level())); });
+  u.def("set_log_file", &util::set_log_file, py::arg("path"),
+        "Appends every record to `path` (the run's train.log); an empty path closes it.");
+  u.def("forward_logs_to_python", [](bool enabled) {
+    if (enabled) {
+      util::set_log_forwarder(&forward_to_python);
+    } else {
+      util::set_log_forwarder({});
+    }
+  }, py::arg("enabled"),
+        "Routes records to logging.getLogger('enstack') (True) or back to stderr (False).");
+  u.def("build_info", [] {
+    py::dict info;
+    info["enstack_version"] = util::enstack_version();
+    info["torch_version"] = util::torch_version();
+    info["compiler"] = util::compiler();
+    info["dependencies"] = util::dependencies();
+    info["cuda_compiled"] = util::cuda_compiled();
+    info["intra_op_threads"] = at::get_num_threads();
+    info["parallel_info"] = at::get_parallel_info();
+    return info;
+  });
+  bind_testing(m);
+}
+
+}  // namespace enstack::bindings

@@ -1,0 +1,11 @@
+// Declarations of the per-area binding functions called by module.cpp.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace enstack::bindings {
+
+void bind_util(pybind11::module_& m);
+void bind_model(pybind11::module_& m);
+
+}  // namespace enstack::bindings

@@ -1,0 +1,12 @@
+// The only PYBIND11_MODULE: enstack._C, one submodule per area.
+#include <torch/python.h>
+
+#include "bindings.h"
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "enstack's C++ core (LibTorch). Import `enstack`, not this module.";
+  m.attr("__torch_version__") = ENSTACK_TORCH_VERSION;
+  enstack::bindings::bind_util(m);
+  auto model = m.def_submodule("model", "RoBERTa/BERT encoder classifiers and Hugging Face weights");
+  enstack::bindings::bind_model(model);
+}

@@ -1,0 +1,76 @@
+// EncoderClassifier: a RoBERTa/BERT encoder with a sequence-classification head,
+// numerically equivalent to transformers' RobertaForSequenceClassification and
+// BertForSequenceClassification. Parameter names are the Hugging Face names
+// ("roberta.encoder.layer.0.attention.self.query.weight", ...), so state moves
+// between the two without renaming.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "enstack/model/encoder_config.h"
+
+namespace enstack::model {
+
+class EncoderClassifier : public torch::nn::Module {
+ public:
+  // Builds the architecture with weights initialised as transformers does
+  // (normal(0, initializer_range), zero biases, unit LayerNorm, zero padding row).
+  explicit EncoderClassifier(EncoderConfig config);
+
+  // input_ids: [batch, seq] integer token ids; attention_mask: [batch, seq] with
+  // 1 for real tokens and 0 for padding (undefined: all ones); token_type_ids:
+  // [batch, seq] or undefined (zeros). Returns logits [batch, num_labels] in the
+  // autocast dtype when autocast is on, else the parameter dtype.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                        const torch::Tensor& token_type_ids = {});
+
+  // The [batch, seq, hidden] output of the last encoder layer.
+  torch::Tensor encode(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                       const torch::Tensor& token_type_ids = {});
+
+  const EncoderConfig& config() const { return config_; }
+
+  // Names of the classification-head parameters (initialised fresh when a base
+  // checkpoint has none).
+  std::vector<std::string> head_parameter_names() const;
+
+  // Re-initialises the head as transformers does for a newly added head.
+  void init_head();
+
+ private:
+  struct Layer {
+    torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr};
+    torch::nn::Linear attention_dense{nullptr};
+    torch::nn::LayerNorm attention_norm{nullptr};
+    torch::nn::Linear intermediate{nullptr}, output{nullptr};
+    torch::nn::LayerNorm output_norm{nullptr};
+  };
+
+  torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& token_type_ids);
+  torch::Tensor position_ids(const torch::Tensor& input_ids) const;
+  torch::Tensor layer_forward(Layer& layer, const torch::Tensor& x,
+                              const torch::Tensor& key_mask);
+  torch::Tensor activation(const torch::Tensor& x) const;
+  void init_linear(torch::nn::Linear& linear);
+
+  EncoderConfig config_;
+  torch::nn::Embedding word_embeddings_{nullptr}, position_embeddings_{nullptr},
+      token_type_embeddings_{nullptr};
+  torch::nn::LayerNorm embedding_norm_{nullptr};
+  torch::nn::Dropout hidden_dropout_{nullptr}, classifier_dropout_{nullptr};
+  std::vector<Layer> layers_;
+  torch::nn::Linear head_dense_{nullptr};  // RoBERTa: classifier.dense; BERT: bert.pooler.dense
+  torch::nn::Linear head_out_{nullptr};    // RoBERTa: classifier.out_proj; BERT: classifier
+};
+
+}  // namespace enstack::model

@@ -1,0 +1,48 @@
+// File helpers with the durability rules of the design: whole-file reads with
+// errors that name the path, and atomic writes (temporary sibling, fsync,
+// rename, fsync of the parent directory) so a crash leaves either the old file
+// or the new one, never a torn one.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+
+namespace enstack::util {
+
+// Reads a whole file. Throws ErrorType (an enstack::Error subclass) naming the
+// path when it is missing or unreadable.
+template <typename ErrorType>
+std::string read_file(const std::filesystem::path& path);
+
+// Writes `bytes` to `path` atomically and durably. Throws enstack::Error with
+// the OS reason (e.g. "No space left on device") and leaves any existing file
+// at `path` untouched on failure.
+void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes);
+void write_file_atomic(const std::filesystem::path& path, const std::string& text);
+
+// fsyncs a directory so that renames inside it are durable.
+void fsync_directory(const std::filesystem::path& dir);
+
+// A read-only memory mapping of a whole file. Empty files map to size 0.
+class MappedFile {
+ public:
+  // Throws ErrorType-like enstack::Error (the caller rethrows with context).
+  explicit MappedFile(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::byte* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+}  // namespace enstack::util

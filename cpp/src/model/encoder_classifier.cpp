@@ -1,0 +1,199 @@
+// The RoBERTa/BERT encoder classifier (see enstack/model/encoder_classifier.h).
+// Module nesting mirrors transformers so named_parameters() yields HF names.
+#include "enstack/model/encoder_classifier.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+#include "enstack/util/error.h"
+
+namespace enstack::model {
+namespace {
+
+using torch::nn::Module;
+
+std::shared_ptr<Module> child(Module& parent, const std::string& name) {
+  return parent.register_module(name, std::make_shared<Module>());
+}
+
+torch::nn::LayerNorm make_norm(const EncoderConfig& c) {
+  return torch::nn::LayerNorm(
+      torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps).elementwise_affine(true));
+}
+
+}  // namespace
+
+EncoderClassifier::EncoderClassifier(EncoderConfig config) : config_(std::move(config)) {
+  config_.validate();
+  const auto& c = config_;
+  const bool roberta = c.model_type == ModelType::kRoberta;
+  auto base = child(*this, roberta ? "roberta" : "bert");
+
+  auto embeddings = child(*base, "embeddings");
+  word_embeddings_ = embeddings->register_module(
+      "word_embeddings", torch::nn::Embedding(torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size)
+                                                  .padding_idx(c.pad_token_id)));
+  position_embeddings_ = embeddings->register_module(
+      "position_embeddings", torch::nn::Embedding(c.max_position_embeddings, c.hidden_size));
+  token_type_embeddings_ = embeddings->register_module(
+      "token_type_embeddings", torch::nn::Embedding(c.type_vocab_size, c.hidden_size));
+  embedding_norm_ = embeddings->register_module("LayerNorm", make_norm(c));
+  hidden_dropout_ = register_module("hidden_dropout", torch::nn::Dropout(c.hidden_dropout_prob));
+  classifier_dropout_ =
+      register_module("classifier_dropout", torch::nn::Dropout(c.effective_classifier_dropout()));
+
+  auto encoder = child(*base, "encoder");
+  auto layer_list = child(*encoder, "layer");
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto block = child(*layer_list, std::to_string(i));
+    auto attention = child(*block, "attention");
+    auto self = child(*attention, "self");
+    auto attention_output = child(*attention, "output");
+    auto intermediate = child(*block, "intermediate");
+    auto output = child(*block, "output");
+    Layer layer;
+    layer.query = self->register_module("query", torch::nn::Linear(c.hidden_size, c.hidden_size));
+    layer.key = self->register_module("key", torch::nn::Linear(c.hidden_size, c.hidden_size));
+    layer.value = self->register_module("value", torch::nn::Linear(c.hidden_size, c.hidden_size));
+    layer.attention_dense =
+        attention_output->register_module("dense", torch::nn::Linear(c.hidden_size, c.hidden_size));
+    layer.attention_norm = attention_output->register_module("LayerNorm", make_norm(c));
+    layer.intermediate = intermediate->register_module(
+        "dense", torch::nn::Linear(c.hidden_size, c.intermediate_size));
+    layer.output =
+        output->register_module("dense", torch::nn::Linear(c.intermediate_size, c.hidden_size));
+    layer.output_norm = output->register_module("LayerNorm", make_norm(c));
+    layers_.push_back(layer);
+  }
+
+  if (roberta) {
+    auto classifier = child(*this, "classifier");
+    head_dense_ = classifier->register_module("dense", torch::nn::Linear(c.hidden_size, c.hidden_size));
+    head_out_ =
+        classifier->register_module("out_proj", torch::nn::Linear(c.hidden_size, c.num_labels()));
+  } else {
+    auto pooler = child(*base, "pooler");
+    head_dense_ = pooler->register_module("dense", torch::nn::Linear(c.hidden_size, c.hidden_size));
+    head_out_ = register_module("classifier", torch::nn::Linear(c.hidden_size, c.num_labels()));
+  }
+
+  // transformers' _init_weights for every module.
+  torch::NoGradGuard no_grad;
+  for (auto* table : {&word_embeddings_, &position_embeddings_, &token_type_embeddings_}) {
+    torch::nn::init::normal_((*table)->weight, 0.0, c.initializer_range);
+  }
+  word_embeddings_->weight[c.pad_token_id].zero_();
+  for (auto& layer : layers_) {
+    for (auto* linear : {&layer.query, &layer.key, &layer.value, &layer.attention_dense,
+                         &layer.intermediate, &layer.output}) {
+      init_linear(*linear);
+    }
+  }
+  init_linear(head_dense_);
+  init_linear(head_out_);
+  // LayerNorms are constructed with weight 1 and bias 0 already.
+}
+
+void EncoderClassifier::init_linear(torch::nn::Linear& linear) {
+  torch::NoGradGuard no_grad;
+  torch::nn::init::normal_(linear->weight, 0.0, config_.initializer_range);
+  linear->bias.zero_();
+}
+
+void EncoderClassifier::init_head() {
+  if (config_.model_type == ModelType::kRoberta) init_linear(head_dense_);
+  init_linear(head_out_);
+}
+
+std::vector<std::string> EncoderClassifier::head_parameter_names() const {
+  if (config_.model_type == ModelType::kRoberta) {
+    return {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
+            "classifier.out_proj.bias"};
+  }
+  return {"classifier.weight", "classifier.bias"};
+}
+
+torch::Tensor EncoderClassifier::position_ids(const torch::Tensor& input_ids) const {
+  const int64_t seq = input_ids.size(1);
+  if (config_.model_type == ModelType::kBert) {
+    return torch::arange(seq, input_ids.options().dtype(torch::kLong)).unsqueeze(0).expand_as(input_ids);
+  }
+  // RoBERTa: positions count real tokens from padding_idx + 1; padding keeps padding_idx.
+  auto not_pad = input_ids.ne(config_.pad_token_id).to(torch::kLong);
+  return torch::cumsum(not_pad, 1).mul_(not_pad).add_(config_.pad_token_id);
+}
+
+torch::Tensor EncoderClassifier::embed(const torch::Tensor& input_ids,
+                                       const torch::Tensor& token_type_ids) {
+  auto types = token_type_ids.defined() ? token_type_ids.to(torch::kLong)
+                                        : torch::zeros_like(input_ids, input_ids.options().dtype(torch::kLong));
+  auto x = word_embeddings_(input_ids) + token_type_embeddings_(types) +
+           position_embeddings_(position_ids(input_ids));
+  return hidden_dropout_(embedding_norm_(x));
+}
+
+torch::Tensor EncoderClassifier::activation(const torch::Tensor& x) const {
+  if (config_.hidden_act == "gelu") return at::gelu(x);
+  if (config_.hidden_act == "relu") return at::relu(x);
+  return at::gelu(x, "tanh");  // gelu_new, gelu_pytorch_tanh
+}
+
+torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor& x,
+                                               const torch::Tensor& key_mask) {
+  const int64_t batch = x.size(0), seq = x.size(1);
+  const int64_t heads = config_.num_attention_heads, head_dim = config_.head_dim();
+  auto split = [&](const torch::Tensor& t) {
+    return t.view({batch, seq, heads, head_dim}).transpose(1, 2);
+  };
+  auto q = split(layer.query(x));
+  auto k = split(layer.key(x));
+  auto v = split(layer.value(x));
+  const double dropout = is_training() ? config_.attention_probs_dropout_prob : 0.0;
+  auto mask = key_mask.defined() ? std::optional<torch::Tensor>(key_mask) : std::nullopt;
+  auto context = at::scaled_dot_product_attention(q, k, v, mask, dropout, /*is_causal=*/false);
+  context = context.transpose(1, 2).reshape({batch, seq, config_.hidden_size});
+  auto attended = layer.attention_norm(hidden_dropout_(layer.attention_dense(context)) + x);
+  auto inner = activation(layer.intermediate(attended));
+  return layer.output_norm(hidden_dropout_(layer.output(inner)) + attended);
+}
+
+torch::Tensor EncoderClassifier::encode(const torch::Tensor& input_ids,
+                                        const torch::Tensor& attention_mask,
+                                        const torch::Tensor& token_type_ids) {
+  ENSTACK_CHECK(input_ids.dim() == 2, ModelError, "input_ids must be [batch, seq], got ",
+                input_ids.sizes(), ".");
+  ENSTACK_CHECK(!at::isFloatingType(input_ids.scalar_type()), ModelError,
+                "input_ids must hold integer token ids, got ", input_ids.scalar_type(), ".");
+  const int64_t seq = input_ids.size(1);
+  const int64_t max_seq = config_.model_type == ModelType::kRoberta
+                              ? config_.max_position_embeddings - config_.pad_token_id - 1
+                              : config_.max_position_embeddings;
+  ENSTACK_CHECK(seq <= max_seq, ModelError, "sequence length ", seq,
+                " exceeds what this model's ", config_.max_position_embeddings,
+                " position embeddings allow (", max_seq, "); set model.max_length <= ", max_seq, ".");
+  ENSTACK_CHECK(!attention_mask.defined() || attention_mask.sizes() == input_ids.sizes(), ModelError,
+                "attention_mask shape ", attention_mask.sizes(), " differs from input_ids shape ",
+                input_ids.sizes(), ".");
+  // Boolean key-padding mask [batch, 1, 1, seq]: true where a key may be attended.
+  torch::Tensor key_mask;
+  if (attention_mask.defined()) key_mask = attention_mask.to(torch::kBool).view({input_ids.size(0), 1, 1, seq});
+  auto x = embed(input_ids, token_type_ids);
+  for (auto& layer : layers_) x = layer_forward(layer, x, key_mask);
+  return x;
+}
+
+torch::Tensor EncoderClassifier::forward(const torch::Tensor& input_ids,
+                                         const torch::Tensor& attention_mask,
+                                         const torch::Tensor& token_type_ids) {
+  auto first = encode(input_ids, attention_mask, token_type_ids).select(1, 0);
+  if (config_.model_type == ModelType::kRoberta) {
+    auto h = torch::tanh(head_dense_(classifier_dropout_(first)));
+    return head_out_(classifier_dropout_(h));
+  }
+  auto pooled = torch::tanh(head_dense_(first));
+  return head_out_(classifier_dropout_(pooled));
+}
+
+}  // namespace enstack::model

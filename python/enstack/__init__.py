@@ -1,0 +1,56 @@
+"""enstack: fine-tune code models (CodeBERT, GraphCodeBERT, UniXcoder) to classify
+C/C++ functions by vulnerability class, and stack their predictions (EnStack).
+
+The heavy lifting is C++ on LibTorch (``enstack._C``); this package orchestrates.
+"""
+
+from __future__ import annotations
+
+# torch first: it loads the LibTorch shared libraries that enstack._C links against.
+import torch
+
+from enstack._version import __version__
+
+
+def _check_torch_version() -> None:
+    try:
+        from enstack import _build_info
+    except ImportError as e:  # pragma: no cover - a source tree without a build
+        raise ImportError(
+            "enstack's compiled core is missing. Build it with "
+            "`pip install --no-build-isolation -e .` (or `make setup`) in the source tree."
+        ) from e
+    built = _build_info.torch_version.split("+")[0].split(".")[:2]
+    running = torch.__version__.split("+")[0].split(".")[:2]
+    if built != running:
+        raise ImportError(
+            f"enstack was compiled against torch {_build_info.torch_version} but torch "
+            f"{torch.__version__} is installed. The C++ core must be rebuilt for this torch: "
+            "`pip install --no-build-isolation --force-reinstall --no-deps enstack` "
+            "(or `pip install --no-build-isolation -e .` in a source tree)."
+        )
+
+
+_check_torch_version()
+
+from enstack import _C  # noqa: E402
+from enstack import _logging  # noqa: E402
+from enstack import model  # noqa: E402
+from enstack._C import CheckpointError, ConfigError, DataError, Error, ModelError  # noqa: E402
+from enstack._logging import set_log_level  # noqa: E402
+
+for _exc in (Error, ConfigError, DataError, CheckpointError, ModelError):
+    _exc.__module__ = "enstack"
+
+_logging.install()
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "Error",
+    "ModelError",
+    "__version__",
+    "model",
+    "set_log_level",
+]

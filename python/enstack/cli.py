@@ -1,0 +1,145 @@
+"""The ``enstack`` command line.
+
+Errors print one message on stderr and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    import enstack
+    from enstack import _C, _build_info
+
+    info = _C.util.build_info()
+    rows = [
+        ("enstack", enstack.__version__),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("torch (running)", torch.__version__),
+        ("torch (compiled against)", _build_info.torch_version),
+        ("C++ compiler", _build_info.cxx_compiler),
+        ("build type", _build_info.build_type),
+        ("LibTorch built with CUDA", str(info["cuda_compiled"])),
+        ("CUDA available", str(torch.cuda.is_available())),
+    ]
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        props = torch.cuda.get_device_properties(i)
+        rows.append((f"cuda:{i}", f"{props.name}, {props.total_memory / 2**30:.1f} GiB, sm_{props.major}{props.minor}"))
+    rows.append(("bf16 on CUDA", str(torch.cuda.is_available() and torch.cuda.is_bf16_supported())))
+    rows.append(("intra-op threads", str(info["intra_op_threads"])))
+    for dep in info["dependencies"].split():
+        name, _, how = dep.partition("=")
+        rows.append((f"C++ dep {name}", how.replace("-", " ", 1)))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _model_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from enstack import model
+
+    torch.manual_seed(args.seed)
+    m = model.from_config(Path(args.config), num_labels=args.num_labels)
+    m.save_pretrained(args.out_dir)
+    print(f"wrote a freshly initialised {m!r} ({m.num_parameters():,} parameters) to {args.out_dir}")
+    return 0
+
+
+def _model_check(args: argparse.Namespace) -> int:
+    """Loads a model directory, runs a forward and backward pass, saves and reloads it."""
+    import tempfile
+
+    import torch
+
+    from enstack import model
+
+    m = model.load(args.model_dir)
+    config = model.config_of(m)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, config["vocab_size"], (args.batch_size, args.seq_len), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1:, args.seq_len // 2 :] = 0  # a mix of full and padded rows
+    ids = ids.masked_fill(mask == 0, config["pad_token_id"])
+    labels = torch.arange(args.batch_size) % m.num_labels
+
+    m.train()
+    start = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(m(ids, mask), labels)
+    loss.backward()
+    train_s = time.perf_counter() - start
+    m.eval()
+    with torch.no_grad():
+        logits = m(ids, mask)
+    with tempfile.TemporaryDirectory() as tmp:
+        m.save_pretrained(tmp)
+        with torch.no_grad():
+            same = torch.equal(model.load(tmp).eval()(ids, mask), logits)
+    print(f"model           {m!r}")
+    print(f"parameters      {m.num_parameters():,}")
+    print(f"logits          {tuple(logits.shape)}  first row {[round(x, 4) for x in logits[0].tolist()]}")
+    print(f"train step      loss {loss.item():.4f}, forward+backward {train_s * 1000:.1f} ms "
+          f"(batch {args.batch_size} x {args.seq_len})")
+    print(f"save/reload     {'identical logits' if same else 'LOGITS DIFFER'}")
+    return 0 if same else 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enstack", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--log-level", default=None, help="trace, debug, info, warning, error or off")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    doctor = sub.add_parser("doctor", help="print versions, devices and how enstack was built")
+    doctor.set_defaults(func=_doctor)
+
+    model = sub.add_parser("model", help="model directories: create and check")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    init = model_sub.add_parser("init", help="write a freshly initialised model for a config.json")
+    init.add_argument("config", help="a Hugging Face config.json (e.g. configs/models/tiny-roberta.json)")
+    init.add_argument("out_dir")
+    init.add_argument("--num-labels", type=int, default=None)
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=_model_init)
+    check = model_sub.add_parser("check", help="load a model directory, run forward/backward, save and reload")
+    check.add_argument("model_dir")
+    check.add_argument("--batch-size", type=int, default=4)
+    check.add_argument("--seq-len", type=int, default=64)
+    check.set_defaults(func=_model_check)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        import enstack
+
+        if args.log_level:
+            enstack.set_log_level(args.log_level)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except KeyboardInterrupt:
+        print("enstack: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into messages
+        if args.debug:
+            raise
+        name = type(e).__name__
+        print(f"enstack: {name}: {e}", file=sys.stderr)
+        return 2 if name.endswith("Error") and type(e).__module__ == "enstack" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
