@@ -36,6 +36,7 @@ _check_torch_version()
 from enstack import _C  # noqa: E402
 from enstack import _logging  # noqa: E402
 from enstack import model  # noqa: E402
+from enstack.config import Config, load_config  # noqa: E402
 from enstack._C import CheckpointError, ConfigError, DataError, Error, ModelError  # noqa: E402
 from enstack._logging import set_log_level  # noqa: E402
 
@@ -46,11 +47,13 @@ _logging.install()
 
 __all__ = [
     "CheckpointError",
+    "Config",
     "ConfigError",
     "DataError",
     "Error",
     "ModelError",
     "__version__",
+    "load_config",
     "model",
     "set_log_level",
 ]
