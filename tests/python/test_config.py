@@ -94,7 +94,9 @@ def test_demo_yaml_is_small_and_self_contained():
     c = load_config(CONFIGS / "demo.yaml")
     assert c.data.train == "demo" and c.data.split == (0.8, 0.1, 0.1) and c.data.format == "jsonl"
     assert c.model.from_scratch and c.model.name_or_path == str(CONFIGS / "models" / "tiny-roberta.json")
-    assert (c.model.tokenizer.kind, c.model.tokenizer.vocab_size) == ("sentencepiece", 2000)
+    # The tokenizer trained from scratch must fit the model's embedding table.
+    model_vocab = json.loads((CONFIGS / "models" / "tiny-roberta.json").read_text())["vocab_size"]
+    assert (c.model.tokenizer.kind, c.model.tokenizer.vocab_size) == ("sentencepiece", model_vocab)
     assert (c.model.max_length, c.train.batch_size, c.train.epochs, c.train.learning_rate) == (256, 16, 2, 5e-4)
     t = c.train
     assert (t.eval_strategy, t.eval_steps, t.save_steps, t.logging_steps) == ("steps", 50, 50, 10)
