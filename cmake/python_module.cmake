@@ -1,7 +1,10 @@
 # The pybind11 module enstack._C: enstack_core + torch_python, built with the
 # pybind11 headers that torch bundles so one pybind11 lives in the process.
 set(ENSTACK_BINDINGS
+  cpp/bindings/bind_data.cpp
   cpp/bindings/bind_model.cpp
+  cpp/bindings/bind_token_store.cpp
+  cpp/bindings/bind_train.cpp
   cpp/bindings/bind_util.cpp
   cpp/bindings/module.cpp
 )

@@ -19,8 +19,15 @@ enstack_add_test_binary(util
   tests/cpp/util/files_test.cpp
   tests/cpp/util/logging_test.cpp
 )
+enstack_add_test_binary(data
+  tests/cpp/data/bpe_tokenizer_test.cpp
+  tests/cpp/data/token_store_test.cpp
+)
 enstack_add_test_binary(model
   tests/cpp/model/encoder_config_test.cpp
   tests/cpp/model/encoder_classifier_test.cpp
   tests/cpp/model/safetensors_test.cpp
+)
+enstack_add_test_binary(train
+  tests/cpp/train/metrics_schedule_test.cpp
 )

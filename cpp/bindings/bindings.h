@@ -7,5 +7,8 @@ namespace enstack::bindings {
 
 void bind_util(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
+void bind_data(pybind11::module_& m);         // tokenizers
+void bind_token_store(pybind11::module_& m);  // token stores, SentencePiece training
+void bind_train(pybind11::module_& m);
 
 }  // namespace enstack::bindings

@@ -9,4 +9,9 @@ PYBIND11_MODULE(_C, m) {
   enstack::bindings::bind_util(m);
   auto model = m.def_submodule("model", "RoBERTa/BERT encoder classifiers and Hugging Face weights");
   enstack::bindings::bind_model(model);
+  auto data = m.def_submodule("data", "Tokenizers and token stores");
+  enstack::bindings::bind_data(data);
+  enstack::bindings::bind_token_store(data);
+  auto train = m.def_submodule("train", "Training: metrics and schedules");
+  enstack::bindings::bind_train(train);
 }

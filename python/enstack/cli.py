@@ -95,6 +95,28 @@ def _model_check(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _data_stats(args: argparse.Namespace) -> int:
+    from enstack.data import store
+
+    s = store.stats(store.TokenStore(args.store, args.verify), batch_size=args.batch_size)
+    print(json.dumps(s, indent=2) if args.json else store.format_stats(s))
+    return 0
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    import enstack
+    from enstack.data import prepare, store
+
+    cfg = enstack.load_config(args.config, overrides=args.set)
+    for name, split in prepare.prepare(cfg).items():
+        s = store.stats(split.open(), label_names=split.label_names)
+        state = "reused" if split.reused else "built"
+        print(f"{name:<10} {state:<6} {s['count']:>8,} functions  p50/p90/p99 tokens "
+              f"{s['length_percentiles']['50']:.0f}/{s['length_percentiles']['90']:.0f}/"
+              f"{s['length_percentiles']['99']:.0f}  truncated {100 * s['share_truncated']:.1f}%  {split.store_path}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enstack", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -117,6 +139,18 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", type=int, default=4)
     check.add_argument("--seq-len", type=int, default=64)
     check.set_defaults(func=_model_check)
+    data = sub.add_parser("data", help="datasets and token stores")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prep = data_sub.add_parser("prepare", help="ingest, tokenize and store every split of a config (reused when unchanged)")
+    prep.add_argument("config", nargs="+", help="YAML config file(s), composed left to right")
+    prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. model.max_length=256")
+    prep.set_defaults(func=_data_prepare)
+    stats = data_sub.add_parser("stats", help="count, labels, lengths, truncation and padding of a token store")
+    stats.add_argument("store", help="a .tokens file written by enstack")
+    stats.add_argument("--batch-size", type=int, default=16, help="batch size for the per-batch padding estimate")
+    stats.add_argument("--verify", action="store_true", help="also verify the data checksum")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(func=_data_stats)
     return parser
 
 

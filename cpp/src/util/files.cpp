@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -103,34 +104,63 @@ template std::string read_file<ConfigError>(const std::filesystem::path&);
 template std::string read_file<DataError>(const std::filesystem::path&);
 template std::string read_file<CheckpointError>(const std::filesystem::path&);
 
-void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
-  const std::filesystem::path tmp = temporary_sibling(path);
-  FdGuard fd(open_retrying(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
-  if (fd.get() < 0) throw_write_error(path, "creating the temporary file", errno);
+AtomicFileWriter::AtomicFileWriter(std::filesystem::path path)
+    : path_(std::move(path)), tmp_(temporary_sibling(path_)) {
+  fd_ = open_retrying(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd_ < 0) throw_write_error(path_, "creating the temporary file", errno);
+}
 
-  // From here on, every failure removes the temporary file before throwing.
-  auto fail = [&](const char* step, int err) {
-    ::unlink(tmp.c_str());
-    throw_write_error(path, step, err);
-  };
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
 
-  const std::byte* cursor = bytes.data();
-  std::size_t left = bytes.size();
+void AtomicFileWriter::fail(const char* step, int err) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  ::unlink(tmp_.c_str());
+  committed_ = true;  // nothing left to clean up
+  throw_write_error(path_, step, err);
+}
+
+void AtomicFileWriter::write(const void* data, std::size_t size) {
+  write_at(written_, data, size);
+}
+
+void AtomicFileWriter::write_at(uint64_t offset, const void* data, std::size_t size) {
+  ENSTACK_ASSERT(fd_ >= 0 && !committed_, "write after commit or failure");
+  const auto* cursor = static_cast<const std::byte*>(data);
+  std::size_t left = size;
   while (left > 0) {
-    const ssize_t wrote = ::write(fd.get(), cursor, left);
+    const ssize_t wrote = ::pwrite(fd_, cursor, left, static_cast<off_t>(offset));
     if (wrote < 0) {
       if (errno == EINTR) continue;
       fail("write", errno);
     }
     if (wrote == 0) fail("write", ENOSPC);  // no progress and no error: treat as a full disk
     cursor += wrote;
+    offset += static_cast<uint64_t>(wrote);
     left -= static_cast<std::size_t>(wrote);
   }
-  if (::fsync(fd.get()) != 0) fail("fsync", errno);
-  if (fd.close_now() != 0) fail("close", errno);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename", errno);
+  written_ = std::max(written_, offset);
+}
+
+void AtomicFileWriter::commit() {
+  ENSTACK_ASSERT(fd_ >= 0 && !committed_, "commit twice or after failure");
+  if (::fsync(fd_) != 0) fail("fsync", errno);
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) fail("close", errno);
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail("rename", errno);
+  committed_ = true;
   // The new file is in place; a failure here only means the rename may not survive a crash.
-  fsync_directory(parent_or_dot(path));
+  fsync_directory(parent_or_dot(path_));
+}
+
+void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+  AtomicFileWriter writer(path);
+  writer.write(bytes.data(), bytes.size());
+  writer.commit();
 }
 
 void write_file_atomic(const std::filesystem::path& path, const std::string& text) {

@@ -23,6 +23,30 @@ std::string read_file(const std::filesystem::path& path);
 void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes);
 void write_file_atomic(const std::filesystem::path& path, const std::string& text);
 
+// Streams a file into a temporary sibling; commit() fsyncs it, renames it over
+// `path` and fsyncs the parent. Destroyed without commit(), it removes the
+// temporary file and leaves `path` untouched. Errors throw enstack::Error.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::filesystem::path path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  void write(const void* data, std::size_t size);
+  // Writes `size` bytes at absolute `offset` (e.g. a header filled in at the end).
+  void write_at(uint64_t offset, const void* data, std::size_t size);
+  uint64_t written() const { return written_; }
+  void commit();
+
+ private:
+  [[noreturn]] void fail(const char* step, int err);
+  std::filesystem::path path_, tmp_;
+  int fd_ = -1;
+  uint64_t written_ = 0;
+  bool committed_ = false;
+};
+
 // fsyncs a directory so that renames inside it are durable.
 void fsync_directory(const std::filesystem::path& dir);
 
