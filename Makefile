@@ -51,6 +51,8 @@ setup: build
 
 demo: setup
 	$(VENV)/bin/enstack doctor
+	$(VENV)/bin/enstack data prepare configs/demo.yaml
+	$(VENV)/bin/enstack data stats runs/demo/data/train.tokens
 	$(VENV)/bin/enstack model init configs/models/tiny-roberta.json runs/demo/model
 	$(VENV)/bin/enstack model check runs/demo/model
 
@@ -64,6 +66,7 @@ test: test-cpp test-python
 
 bench: setup
 	$(PY) benchmarks/encoder.py
+	$(PY) benchmarks/tokenize.py
 
 clean:
 	rm -rf build $(STAMPS) runs

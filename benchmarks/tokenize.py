@@ -123,7 +123,9 @@ def main() -> None:
             vocab_dir = tmp
             step = max(1, round(1 / args.train_fraction))
             train_vocab(funcs[::step], args.vocab_size, pathlib.Path(tmp))
-            print(f"vocabulary: {args.vocab_size} trained by tokenizers on {len(funcs[::step])} functions")
+            size = len(json.loads((pathlib.Path(tmp) / "tokenizer.json").read_text())["model"]["vocab"])
+            print(f"vocabulary: {size} tokens (asked for {args.vocab_size}; training stops when no pair occurs "
+                  f"twice), trained by tokenizers on {len(funcs[::step])} functions")
         print(f"corpus: {len(funcs)} functions, {megabytes:.1f} MB ({args.corpus}); "
               f"max_length={args.max_length or 'none'}; best of {args.repeats}")
         print(f"{'threads':>7}  {'implementation':<14} {'seconds':>8} {'functions/s':>12} {'MB/s':>8}")

@@ -38,18 +38,45 @@ std::string_view text_view(const py::handle& text) {
 
 int64_t length_or_zero(std::optional<int64_t> max_length) { return max_length.value_or(0); }
 
-std::vector<int32_t> encode(const Tokenizer& self, const py::object& text, std::optional<int64_t> max_length) {
+py::list id_list(const std::vector<int32_t>& ids);
+
+py::list encode(const Tokenizer& self, const py::object& text, std::optional<int64_t> max_length) {
   const std::string_view view = text_view(text);  // str and bytes are immutable: safe without the GIL
-  py::gil_scoped_release release;
-  return self.encode(view, length_or_zero(max_length));
+  std::vector<int32_t> ids;
+  {
+    py::gil_scoped_release release;
+    ids = self.encode(view, length_or_zero(max_length));
+  }
+  return id_list(ids);
 }
 
-std::vector<std::vector<int32_t>> encode_batch(const Tokenizer& self, const py::iterable& texts,
-                                               std::optional<int64_t> max_length, int num_threads) {
+// list[int] built with the C API directly: for millions of ids this is a few
+// times faster than the generic STL caster.
+py::list id_list(const std::vector<int32_t>& ids) {
+  py::list out(ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    PyObject* value = PyLong_FromLong(ids[i]);
+    if (value == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), value);
+  }
+  return out;
+}
+
+py::list encode_batch(const Tokenizer& self, const py::iterable& texts, std::optional<int64_t> max_length,
+                      int num_threads) {
   std::vector<std::string> copies;
   for (const py::handle& text : texts) copies.emplace_back(text_view(text));
-  py::gil_scoped_release release;
-  return self.encode_batch(copies, length_or_zero(max_length), num_threads);
+  std::vector<std::vector<int32_t>> batch;
+  {
+    py::gil_scoped_release release;
+    batch = self.encode_batch(copies, length_or_zero(max_length), num_threads);
+  }
+  py::list out(batch.size());
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), id_list(batch[i]).release().ptr());
+    std::vector<int32_t>().swap(batch[i]);
+  }
+  return out;
 }
 
 std::string repr(const Tokenizer& self) {

@@ -98,7 +98,9 @@ def _model_check(args: argparse.Namespace) -> int:
 def _data_stats(args: argparse.Namespace) -> int:
     from enstack.data import store
 
-    s = store.stats(store.TokenStore(args.store, args.verify), batch_size=args.batch_size)
+    sidecar = Path(args.store).with_suffix(".json")  # written by `enstack data prepare`
+    names = json.loads(sidecar.read_text()).get("label_names") if sidecar.exists() else None
+    s = store.stats(store.TokenStore(args.store, args.verify), batch_size=args.batch_size, label_names=names)
     print(json.dumps(s, indent=2) if args.json else store.format_stats(s))
     return 0
 

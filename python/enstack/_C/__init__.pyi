@@ -1,7 +1,9 @@
 # Type stubs for the compiled core, enstack._C (torch-style stub package: the
 # extension module itself is _C.cpython-*.so beside this directory).
 from . import _testing as _testing
+from . import data as data
 from . import model as model
+from . import train as train
 from . import util as util
 
 __torch_version__: str

@@ -172,5 +172,5 @@ def _build_split(name: str, split: RawSplit, tokenizer: Tokenizer, max_length: i
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta))
     tmp.replace(meta_path)
-    log.info("built %s: %d functions, fingerprint %s", store_path, len(split), info["fingerprint"])
+    log.debug("built %s: %d functions, fingerprint %s", store_path, len(split), info["fingerprint"])
     return PreparedSplit(name, store_path, split.label_names, split.ids, info["fingerprint"], False)
