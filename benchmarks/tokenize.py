@@ -6,7 +6,8 @@ A byte-level BPE vocabulary is trained with `tokenizers` on part of the corpus
 encode the whole corpus from Python with their batch call (RoBERTa framing, the
 same ids: the script checks), single-threaded and on all cores. Each measurement
 runs in a fresh process, because `tokenizers` fixes its thread pool
-(RAYON_NUM_THREADS) at first use; the best of --repeats runs counts.
+(RAYON_NUM_THREADS) at first use; the best of --repeats runs counts, timed with
+Python's garbage collector off (as timeit does) for both.
 
     python benchmarks/tokenize.py [CORPUS] [--vocab-size 8000] [--vocab-dir DIR] [--max-length 512]
 """
@@ -23,6 +24,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 
 import argparse  # noqa: E402
 import array  # noqa: E402
+import gc  # noqa: E402
 import gzip  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
@@ -85,9 +87,13 @@ def worker(args: argparse.Namespace) -> None:
 
     best, ids = float("inf"), None
     for _ in range(args.repeats):
+        ids = None
+        gc.collect()
+        gc.disable()  # as timeit does: collections triggered by the id lists would dominate
         start = time.perf_counter()
         ids = run()
         best = min(best, time.perf_counter() - start)
+        gc.enable()
     print(json.dumps({"seconds": best, "digest": digest(ids)}))
 
 

@@ -1,8 +1,11 @@
 # The pybind11 module enstack._C: enstack_core + torch_python, built with the
 # pybind11 headers that torch bundles so one pybind11 lives in the process.
 set(ENSTACK_BINDINGS
+  cpp/bindings/bind_ckpt.cpp
   cpp/bindings/bind_data.cpp
+  cpp/bindings/bind_loader.cpp
   cpp/bindings/bind_model.cpp
+  cpp/bindings/bind_optim.cpp
   cpp/bindings/bind_token_store.cpp
   cpp/bindings/bind_train.cpp
   cpp/bindings/bind_util.cpp

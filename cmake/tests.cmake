@@ -21,6 +21,8 @@ enstack_add_test_binary(util
 )
 enstack_add_test_binary(data
   tests/cpp/data/bpe_tokenizer_test.cpp
+  tests/cpp/data/epoch_plan_test.cpp
+  tests/cpp/data/loader_test.cpp
   tests/cpp/data/token_store_test.cpp
 )
 enstack_add_test_binary(model
@@ -29,5 +31,6 @@ enstack_add_test_binary(model
   tests/cpp/model/safetensors_test.cpp
 )
 enstack_add_test_binary(train
+  tests/cpp/train/adamw_test.cpp
   tests/cpp/train/metrics_schedule_test.cpp
 )

@@ -12,6 +12,10 @@ PYBIND11_MODULE(_C, m) {
   auto data = m.def_submodule("data", "Tokenizers and token stores");
   enstack::bindings::bind_data(data);
   enstack::bindings::bind_token_store(data);
+  enstack::bindings::bind_loader(data);
+  auto ckpt = m.def_submodule("ckpt", "Crash-consistent checkpoint directories");
+  enstack::bindings::bind_ckpt(ckpt);
   auto train = m.def_submodule("train", "Training: metrics and schedules");
   enstack::bindings::bind_train(train);
+  enstack::bindings::bind_optim(train);
 }

@@ -122,11 +122,16 @@ struct Symbol {
 };
 
 struct QueuedMerge {
-  uint32_t rank, pos;
+  uint64_t order;  // rank << 32 | position: the lowest rank first, then the leftmost
   int32_t new_id;
-  // std::*_heap keep the largest on top: "larger" is lower rank, then lower position.
-  bool operator<(const QueuedMerge& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  uint32_t pos() const { return static_cast<uint32_t>(order); }
+  // std::*_heap keep the largest on top, so "larger" is a smaller order.
+  bool operator<(const QueuedMerge& o) const { return order > o.order; }
 };
+
+QueuedMerge queued(const MergeRule& m, int32_t pos) {
+  return {static_cast<uint64_t>(m.rank) << 32 | static_cast<uint32_t>(pos), m.new_id};
+}
 
 thread_local std::vector<Symbol> t_symbols;
 thread_local std::vector<QueuedMerge> t_heap;
@@ -220,12 +225,12 @@ void BpeTokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>
   heap.clear();
   const auto n = static_cast<int32_t>(sym.size());
   for (int32_t i = 0; i + 1 < n; ++i) {
-    if (const MergeRule* m = merge(sym[i].id, sym[i + 1].id)) heap.push_back({m->rank, uint32_t(i), m->new_id});
+    if (const MergeRule* m = merge(sym[i].id, sym[i + 1].id)) heap.push_back(queued(*m, i));
   }
   std::make_heap(heap.begin(), heap.end());
   auto queue = [&](int32_t pos, int32_t right) {
     if (const MergeRule* m = merge(sym[pos].id, sym[right].id)) {
-      heap.push_back({m->rank, uint32_t(pos), m->new_id});
+      heap.push_back(queued(*m, pos));
       std::push_heap(heap.begin(), heap.end());
     }
   };
@@ -233,16 +238,17 @@ void BpeTokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>
     std::pop_heap(heap.begin(), heap.end());
     const QueuedMerge top = heap.back();
     heap.pop_back();
-    Symbol& left = sym[top.pos];
+    const uint32_t pos = top.pos();
+    Symbol& left = sym[pos];
     if (left.len == 0 || left.next < 0) continue;
     const Symbol right = sym[left.next];
     const MergeRule* m = merge(left.id, right.id);
     if (m == nullptr || m->new_id != top.new_id) continue;  // stale entry
     sym[left.next].len = 0;
     left = {top.new_id, left.prev, right.next, left.len + right.len};
-    if (right.next >= 0) sym[right.next].prev = static_cast<int32_t>(top.pos);
-    if (left.prev >= 0) queue(left.prev, static_cast<int32_t>(top.pos));
-    if (left.next >= 0) queue(static_cast<int32_t>(top.pos), left.next);
+    if (right.next >= 0) sym[right.next].prev = static_cast<int32_t>(pos);
+    if (left.prev >= 0) queue(left.prev, static_cast<int32_t>(pos));
+    if (left.next >= 0) queue(static_cast<int32_t>(pos), left.next);
   }
   for (const Symbol& s : sym) {
     if (s.len > 0) ids.push_back(s.id);

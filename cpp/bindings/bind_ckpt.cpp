@@ -1,0 +1,70 @@
+// Bindings for enstack::ckpt: crash-consistent checkpoint directories.
+// Mirrors enstack/ckpt/checkpoint_dir.h.
+#include <torch/python.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+
+#include <nlohmann/json.hpp>
+
+#include "bindings.h"
+#include "enstack/ckpt/checkpoint_dir.h"
+
+namespace py = pybind11;
+
+namespace enstack::bindings {
+namespace {
+
+nlohmann::json to_json(const py::object& value) {
+  return nlohmann::json::parse(py::module_::import("json").attr("dumps")(value).cast<std::string>());
+}
+
+py::object from_json(const nlohmann::json& value) {
+  return py::module_::import("json").attr("loads")(value.dump());
+}
+
+}  // namespace
+
+void bind_ckpt(py::module_& m) {
+  using ckpt::CheckpointWriter;
+  py::class_<CheckpointWriter>(m, "CheckpointWriter",
+      "Writes a checkpoint directory crash-consistently: files into a temporary sibling, "
+      "MANIFEST.json last, then a rename into place.")
+      .def(py::init<std::filesystem::path>(), py::arg("final_dir"))
+      .def("add_tensors",
+           [](CheckpointWriter& w, const std::string& name, const std::map<std::string, torch::Tensor>& tensors) {
+             py::gil_scoped_release release;
+             w.add_tensors(name, tensors);
+           },
+           py::arg("name"), py::arg("tensors"))
+      .def("add_json", [](CheckpointWriter& w, const std::string& name, const py::object& value) {
+        w.add_json(name, to_json(value));
+      }, py::arg("name"), py::arg("value"))
+      .def("add_bytes", [](CheckpointWriter& w, const std::string& name, const py::bytes& data) {
+        w.add_bytes(name, std::string(data));
+      }, py::arg("name"), py::arg("data"))
+      .def("commit", [](CheckpointWriter& w, int64_t step, const std::string& kind, const py::object& extra) {
+        auto extra_json = extra.is_none() ? nlohmann::json::object() : to_json(extra);
+        py::gil_scoped_release release;
+        return w.commit(step, kind, extra_json);
+      }, py::arg("step"), py::arg("kind") = "full", py::arg("extra") = py::none())
+      .def_property_readonly("temp_dir", &CheckpointWriter::temp_dir);
+
+  m.def("verify", [](const std::filesystem::path& dir) {
+    ckpt::Manifest manifest;
+    {
+      py::gil_scoped_release release;
+      manifest = ckpt::verify(dir);
+    }
+    return from_json(manifest.to_json());
+  }, py::arg("dir"), "Checks MANIFEST.json and every file's size and checksum; returns the manifest.");
+  m.def("list_by_step", &ckpt::list_by_step, py::arg("root"), py::arg("prefix") = "");
+  m.def("latest_valid", [](const std::vector<std::filesystem::path>& roots, const std::string& prefix) {
+    py::gil_scoped_release release;
+    return ckpt::latest_valid(roots, prefix);
+  }, py::arg("roots"), py::arg("prefix") = "");
+  m.def("prune", &ckpt::prune, py::arg("root"), py::arg("prefix"), py::arg("keep"),
+        py::arg("protect") = std::vector<std::filesystem::path>{});
+}
+
+}  // namespace enstack::bindings

@@ -1,0 +1,224 @@
+// Crash-consistent checkpoint directories (see enstack/ckpt/checkpoint_dir.h).
+#include "enstack/ckpt/checkpoint_dir.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "enstack/model/safetensors.h"
+#include "enstack/util/error.h"
+#include "enstack/util/files.h"
+#include "enstack/util/hash.h"
+#include "enstack/util/logging.h"
+
+namespace enstack::ckpt {
+namespace {
+
+std::string checksum_of(const fs::path& file, uint64_t& size) {
+  util::MappedFile mapped(file);
+  size = mapped.size();
+  return util::Fnv1a64().update(mapped.data(), mapped.size()).hex();
+}
+
+fs::path unique_sibling(const fs::path& final_dir, const std::string& tag) {
+  static std::atomic<uint64_t> counter{0};
+  return final_dir.parent_path() /
+         util::str_cat(".", tag, "-", final_dir.filename().string(), "-", ::getpid(), "-", counter.fetch_add(1));
+}
+
+// Temporary directories of writers that died (their process is gone) are garbage.
+void remove_stale_temps(const fs::path& final_dir) {
+  const std::string prefix = ".tmp-" + final_dir.filename().string() + "-";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(final_dir.parent_path(), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    if (pid > 0 && pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      fs::remove_all(entry.path(), ec);
+    }
+  }
+}
+
+Manifest read_manifest(const fs::path& dir) {
+  const fs::path path = dir / kManifestName;
+  ENSTACK_CHECK(fs::exists(path), CheckpointError, dir.string(), " has no ", kManifestName,
+                ": the checkpoint was not completed (a crash during saving); an older one will be used.");
+  auto j = nlohmann::json::parse(util::read_file<CheckpointError>(path), nullptr, false);
+  ENSTACK_CHECK(!j.is_discarded(), CheckpointError, path.string(), " is not valid JSON.");
+  return Manifest::from_json(j, dir);
+}
+
+}  // namespace
+
+nlohmann::json Manifest::to_json() const {
+  nlohmann::json files_json = nlohmann::json::array();
+  for (const auto& f : files) files_json.push_back({{"name", f.name}, {"size", f.size}, {"fnv1a64", f.checksum}});
+  return {{"format", "enstack-checkpoint"}, {"version", version}, {"step", step}, {"kind", kind},
+          {"files", files_json}, {"extra", extra}};
+}
+
+Manifest Manifest::from_json(const nlohmann::json& j, const fs::path& where) {
+  auto bad = [&](const std::string& what) {
+    return CheckpointError(util::str_cat(where.string(), "/", kManifestName, ": ", what));
+  };
+  try {
+    if (!j.is_object() || j.value("format", "") != "enstack-checkpoint") throw bad("not an enstack manifest");
+    Manifest m;
+    m.version = j.at("version").get<int>();
+    if (m.version != kManifestVersion) {
+      throw bad(util::str_cat("manifest version ", m.version, "; this enstack reads version ", kManifestVersion));
+    }
+    m.step = j.at("step").get<int64_t>();
+    m.kind = j.at("kind").get<std::string>();
+    for (const auto& f : j.at("files")) {
+      m.files.push_back({f.at("name").get<std::string>(), f.at("size").get<uint64_t>(),
+                         f.at("fnv1a64").get<std::string>()});
+    }
+    m.extra = j.value("extra", nlohmann::json::object());
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(util::str_cat("malformed (", e.what(), ")"));
+  }
+}
+
+CheckpointWriter::CheckpointWriter(fs::path final_dir) : final_(std::move(final_dir)) {
+  std::error_code ec;
+  fs::create_directories(final_.parent_path(), ec);
+  ENSTACK_CHECK(!ec, Error, "cannot create ", final_.parent_path().string(), ": ", ec.message(),
+                ". Check the path and free space.");
+  remove_stale_temps(final_);
+  temp_ = unique_sibling(final_, "tmp");
+  fs::create_directory(temp_, ec);
+  ENSTACK_CHECK(!ec, Error, "cannot create ", temp_.string(), ": ", ec.message(), ". Check the path and free space.");
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(temp_, ec);
+  }
+}
+
+void CheckpointWriter::record(const std::string& name) {
+  FileEntry entry;
+  entry.name = name;
+  entry.checksum = checksum_of(temp_ / name, entry.size);
+  entries_.push_back(std::move(entry));
+}
+
+void CheckpointWriter::add_tensors(const std::string& name, const std::map<std::string, torch::Tensor>& tensors,
+                                   const std::map<std::string, std::string>& metadata) {
+  model::save_safetensors(temp_ / name, tensors, metadata);
+  record(name);
+}
+
+void CheckpointWriter::add_json(const std::string& name, const nlohmann::json& value) {
+  add_bytes(name, value.dump(2) + "\n");
+}
+
+void CheckpointWriter::add_bytes(const std::string& name, const std::string& bytes) {
+  util::write_file_atomic(temp_ / name, bytes);
+  record(name);
+}
+
+fs::path CheckpointWriter::commit(int64_t step, const std::string& kind, const nlohmann::json& extra) {
+  ENSTACK_ASSERT(!committed_, "checkpoint committed twice");
+  Manifest manifest;
+  manifest.step = step;
+  manifest.kind = kind;
+  manifest.files = entries_;
+  manifest.extra = extra;
+  // Every data file was fsynced by its atomic write; the manifest goes last.
+  util::write_file_atomic(temp_ / kManifestName, manifest.to_json().dump(2) + "\n");
+  util::fsync_directory(temp_);
+  fs::path old;
+  std::error_code ec;
+  if (fs::exists(final_)) {
+    old = unique_sibling(final_, "old");
+    fs::rename(final_, old, ec);
+    ENSTACK_CHECK(!ec, Error, "cannot move the previous checkpoint ", final_.string(), " aside: ", ec.message());
+  }
+  fs::rename(temp_, final_, ec);
+  if (ec) {
+    if (!old.empty()) fs::rename(old, final_);  // put the previous one back
+    throw Error(util::str_cat("cannot move the new checkpoint into ", final_.string(), ": ", ec.message(),
+                              "; the previous checkpoint is unchanged."));
+  }
+  committed_ = true;
+  util::fsync_directory(final_.parent_path());
+  if (!old.empty()) fs::remove_all(old, ec);
+  return final_;
+}
+
+Manifest verify(const fs::path& dir) {
+  ENSTACK_CHECK(fs::is_directory(dir), CheckpointError, "checkpoint ", dir.string(), " does not exist.");
+  Manifest manifest = read_manifest(dir);
+  for (const auto& file : manifest.files) {
+    const fs::path path = dir / file.name;
+    ENSTACK_CHECK(fs::is_regular_file(path), CheckpointError, "checkpoint ", dir.string(), " lacks ", file.name,
+                  " listed in its manifest; it is damaged, use an older one.");
+    uint64_t size = 0;
+    const std::string sum = checksum_of(path, size);
+    ENSTACK_CHECK(size == file.size, CheckpointError, "checkpoint file ", path.string(), " has ", size,
+                  " bytes, its manifest says ", file.size, " (truncated or partially copied); use an older one.");
+    ENSTACK_CHECK(sum == file.checksum, CheckpointError, "checkpoint file ", path.string(),
+                  " does not match its checksum (corrupted); use an older one.");
+  }
+  return manifest;
+}
+
+std::vector<std::pair<int64_t, fs::path>> list_by_step(const fs::path& root, const std::string& prefix) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    const bool candidate = name.rfind(prefix, 0) == 0 || name.rfind(".old-" + prefix, 0) == 0;
+    if (!candidate || name.rfind(".tmp-", 0) == 0 || !entry.is_directory()) continue;
+    try {
+      out.emplace_back(read_manifest(entry.path()).step, entry.path());
+    } catch (const Error&) {
+      // Not completed or unreadable: never a resume candidate.
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::optional<fs::path> latest_valid(const std::vector<fs::path>& roots, const std::string& prefix) {
+  std::vector<std::tuple<int64_t, std::size_t, fs::path>> candidates;
+  for (std::size_t r = 0; r < roots.size(); ++r) {
+    for (auto& [step, path] : list_by_step(roots[r], prefix)) candidates.emplace_back(step, r, path);
+  }
+  // Highest step first; on a tie the earlier root (the local copy) wins.
+  std::sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) {
+    return std::get<0>(a) != std::get<0>(b) ? std::get<0>(a) > std::get<0>(b) : std::get<1>(a) < std::get<1>(b);
+  });
+  for (const auto& [step, root, path] : candidates) {
+    try {
+      verify(path);
+      return path;
+    } catch (const CheckpointError& e) {
+      ENSTACK_LOG_WARN("skipping checkpoint ", path.string(), " (step ", step, "): ", e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+void prune(const fs::path& root, const std::string& prefix, int keep, const std::vector<fs::path>& protect) {
+  auto all = list_by_step(root, prefix);
+  if (keep < 1 || static_cast<int>(all.size()) <= keep) return;
+  verify(all.back().second);  // delete nothing unless the newest is sound
+  const std::size_t excess = all.size() - static_cast<std::size_t>(keep);
+  for (std::size_t i = 0; i < excess; ++i) {
+    const auto& path = all[i].second;
+    if (std::find(protect.begin(), protect.end(), path) != protect.end()) continue;
+    std::error_code ec;
+    fs::remove_all(path, ec);
+    if (ec) ENSTACK_LOG_WARN("could not delete old checkpoint ", path.string(), ": ", ec.message());
+  }
+}
+
+}  // namespace enstack::ckpt
