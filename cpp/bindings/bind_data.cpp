@@ -38,7 +38,17 @@ std::string_view text_view(const py::handle& text) {
 
 int64_t length_or_zero(std::optional<int64_t> max_length) { return max_length.value_or(0); }
 
-py::list id_list(const std::vector<int32_t>& ids);
+// list[int] built with the C API directly: batches hold millions of ids, and this
+// skips the per-element caster machinery of the generic STL conversion.
+py::list id_list(const std::vector<int32_t>& ids) {
+  py::list out(ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    PyObject* value = PyLong_FromLong(ids[i]);
+    if (value == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), value);
+  }
+  return out;
+}
 
 py::list encode(const Tokenizer& self, const py::object& text, std::optional<int64_t> max_length) {
   const std::string_view view = text_view(text);  // str and bytes are immutable: safe without the GIL
@@ -48,18 +58,6 @@ py::list encode(const Tokenizer& self, const py::object& text, std::optional<int
     ids = self.encode(view, length_or_zero(max_length));
   }
   return id_list(ids);
-}
-
-// list[int] built with the C API directly: for millions of ids this is a few
-// times faster than the generic STL caster.
-py::list id_list(const std::vector<int32_t>& ids) {
-  py::list out(ids.size());
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    PyObject* value = PyLong_FromLong(ids[i]);
-    if (value == nullptr) throw py::error_already_set();
-    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), value);
-  }
-  return out;
 }
 
 py::list encode_batch(const Tokenizer& self, const py::iterable& texts, std::optional<int64_t> max_length,
@@ -92,7 +90,9 @@ void bind_data(py::module_& m) {
       "SentencePiece): ids framed <s> ... </s> and truncated as transformers does.")
       .def_static(
           "from_pretrained",
-          [](const std::filesystem::path& path) { return std::shared_ptr<Tokenizer>(Tokenizer::from_pretrained(path)); },
+          [](const std::filesystem::path& path) {
+            return std::shared_ptr<Tokenizer>(Tokenizer::from_pretrained(path));
+          },
           py::arg("path"),
           "Loads a directory with tokenizer.json, or vocab.json + merges.txt, or a SentencePiece *.model "
           "(or the path of such a file).")

@@ -4,16 +4,81 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <nlohmann/json.hpp>
+
 #include "bindings.h"
+#include "enstack/data/token_store.h"
+#include "enstack/model/encoder_classifier.h"
 #include "enstack/train/metrics.h"
 #include "enstack/train/schedule.h"
+#include "enstack/train/trainer.h"
 #include "enstack/util/error.h"
 
 namespace py = pybind11;
 
 namespace enstack::bindings {
 
+namespace {
+
+nlohmann::json json_of(const py::object& value) {
+  return nlohmann::json::parse(py::module_::import("json").attr("dumps")(value).cast<std::string>());
+}
+
+py::object python_of(const nlohmann::json& value) { return py::module_::import("json").attr("loads")(value.dump()); }
+
+void bind_trainer(py::module_& m) {
+  using train::Trainer;
+  py::class_<Trainer>(m, "Trainer", "The native training loop; use enstack.Trainer, which builds it from a config.")
+      .def(py::init([](std::shared_ptr<model::EncoderClassifier> model, std::shared_ptr<data::TokenStore> train,
+                       std::shared_ptr<data::TokenStore> eval, const py::dict& options) {
+             return std::make_unique<Trainer>(std::move(model), std::move(train), std::move(eval),
+                                              train::TrainerOptions::from_json(json_of(options)));
+           }),
+           py::arg("model"), py::arg("train"), py::arg("eval"), py::arg("options"))
+      .def("fit", [](Trainer& t, bool resume, const py::object& callback) {
+        // The loop runs without the GIL; the callback takes it for each record.
+        std::unique_ptr<py::error_already_set> failure;
+        Trainer::Callback cb = [&](const nlohmann::json& record) -> bool {
+          if (callback.is_none() || failure) return !failure;
+          py::gil_scoped_acquire gil;
+          try {
+            py::object keep_going = callback(python_of(record));
+            return keep_going.is_none() || keep_going.cast<bool>();
+          } catch (py::error_already_set& e) {
+            failure = std::make_unique<py::error_already_set>(std::move(e));
+            return false;
+          }
+        };
+        train::FitResult result;
+        try {
+          py::gil_scoped_release release;
+          result = t.fit(resume, cb);
+        } catch (const train::Interrupted& e) {
+          if (failure) throw std::move(*failure);
+          PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+          throw py::error_already_set();
+        }
+        return python_of(result.to_json());
+      }, py::arg("resume") = true, py::arg("callback") = py::none())
+      .def("predict", [](Trainer& t, const data::TokenStore& store, int64_t batch_size) {
+        py::gil_scoped_release release;
+        return t.predict(store, batch_size);
+      }, py::arg("store"), py::arg("batch_size") = 0)
+      .def("evaluate", [](Trainer& t, const data::TokenStore& store) {
+        nlohmann::json out;
+        {
+          py::gil_scoped_release release;
+          out = t.evaluate(store).to_json(t.options().label_names);
+        }
+        return python_of(out);
+      }, py::arg("store"))
+      .def_property_readonly("checkpoints_dir", &Trainer::checkpoints_dir);
+}
+
+}  // namespace
+
 void bind_train(py::module_& m) {
+  bind_trainer(m);
   m.def(
       "compute_metrics",
       [](const torch::Tensor& probabilities, const torch::Tensor& labels, std::optional<int64_t> num_classes,

@@ -37,6 +37,7 @@ from enstack import _C  # noqa: E402
 from enstack import _logging  # noqa: E402
 from enstack import model  # noqa: E402
 from enstack.config import Config, load_config  # noqa: E402
+from enstack.trainer import FitResult, Trainer  # noqa: E402
 from enstack._C import CheckpointError, ConfigError, DataError, Error, ModelError  # noqa: E402
 from enstack._logging import set_log_level  # noqa: E402
 
@@ -51,7 +52,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Error",
+    "FitResult",
     "ModelError",
+    "Trainer",
     "__version__",
     "load_config",
     "model",

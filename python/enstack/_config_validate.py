@@ -391,7 +391,7 @@ def _check_split(split: Tuple[float, ...], p: Problems) -> None:
 def _check_labels(cfg: "Config", p: Problems) -> None:
     d = cfg.data
     p.require(len(d.label_columns) >= 1, "data.label_columns", "must name at least one column")
-    if d.label_policy == "column":
+    if d.label_policy == "class":
         p.require(len(d.label_columns) == 1, "data.label_columns",
                   f"label_policy column reads one column holding the class, got {list(d.label_columns)}")
     if d.label_policy == "multilabel":

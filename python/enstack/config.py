@@ -45,7 +45,7 @@ DEMO_DATA = _v.DEMO_DATA
 LogLevel = Literal["trace", "debug", "info", "warning", "error", "off"]
 TokenizerKind = Literal["auto", "bpe", "sentencepiece"]
 DataFormat = Literal["auto", "vdisc_hdf5", "csv", "jsonl", "parquet", "pickle"]
-LabelPolicy = Literal["enstack5", "binary", "multilabel", "column"]
+LabelPolicy = Literal["enstack5", "binary", "multilabel", "class"]
 LrSchedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 EvalStrategy = Literal["steps", "epoch"]
@@ -122,7 +122,7 @@ class ModelConfig(_Section):
                            "or (with from_scratch) a config.json. Relative local paths are resolved "
                            "against the top-level config file's directory.")
     num_labels: Optional[int] = _f(None, "Classes of the head; null: from data.label_policy (enstack5: 5, "
-                                   "binary: 2, multilabel: one per label column, column: label_names or "
+                                   "binary: 2, multilabel: one per label column, class: label_names or "
                                    "the data).")
     max_length: int = _f(512, "Tokens per function (longer ones are truncated); at most the model's "
                          "position limit (512 for CodeBERT/GraphCodeBERT, 1024 for UniXcoder).")
@@ -143,7 +143,7 @@ class DataConfig(_Section):
     text_column: str = _f("functionSource", "Column (HDF5 dataset) holding the function source.")
     label_columns: Tuple[str, ...] = _f(ENSTACK5_LABELS, "Label column(s); one for label_policy column.")
     label_policy: LabelPolicy = _f("enstack5", "enstack5: the five VDISC CWE classes of the paper; binary: "
-                                   "vulnerable or not; multilabel: one output per label column; column: "
+                                   "vulnerable or not; multilabel: one output per label column; class: "
                                    "a single column holding the class.")
     label_names: Optional[Tuple[str, ...]] = _f(None, "Class names in label-index order; null: from the policy.")
     group_by_length: bool = _f(False, "Batch functions of similar length together (faster, same epochs).")

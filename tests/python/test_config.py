@@ -177,7 +177,7 @@ def test_overrides_in_both_forms_parse_types_and_apply_last(tmp_path):
 
 def test_yaml_1_1_float_strings_and_integral_values_are_accepted():
     c = Config.from_dict(nested({"train.learning_rate": "2e-5", "train.weight_decay": 0, "train.epochs": 4.0,
-                                 "data.label_columns": "label", "data.label_policy": "column"}))
+                                 "data.label_columns": "label", "data.label_policy": "class"}))
     assert c.train.learning_rate == 2e-5 and isinstance(c.train.weight_decay, float)
     assert c.train.epochs == 4 and isinstance(c.train.epochs, int)
     assert c.data.label_columns == ("label",)
@@ -269,7 +269,7 @@ def test_pickle_needs_trust():
 def test_labels_agree_with_the_policy():
     assert "5 classes" in problems(model__num_labels=3)["model.num_labels"]
     assert "3 names for 5 classes" in problems(data__label_names=["a", "b", "c"])["data.label_names"]
-    assert "one column" in problems(data__label_policy="column")["data.label_columns"]
+    assert "one column" in problems(data__label_policy="class")["data.label_columns"]
     assert problems(data__label_policy="binary", model__num_labels=2) == {}
 
 

@@ -117,6 +117,11 @@ void read_bpe_model(const json& model, Impl& impl, const std::string& where) {
   }
   impl.fuse_unk = model.value("fuse_unk", false);
   impl.ignore_merges = model.value("ignore_merges", false);
+  // byte_fallback only acts on bytes missing from the vocabulary; byte-level vocabularies have all 256.
+  const bool all_bytes = std::all_of(byte_strings().begin(), byte_strings().end(),
+                                     [&](const std::string& b) { return impl.vocab.contains(b); });
+  ENSTACK_CHECK(!model.value("byte_fallback", false) || all_bytes, DataError, where, ": byte_fallback with a ",
+                "vocabulary that lacks some of the 256 byte symbols is not supported.");
 }
 
 void read_pre_tokenizer(const json& pre, Impl& impl, const std::string& where) {
@@ -183,13 +188,18 @@ void read_tokenizer_json(const json& root, Impl& impl, const std::string& where)
                 DataError, where, ": the normalizer ", normalizer.dump().substr(0, 200), " is not supported; ",
                 "the RoBERTa family uses none.");
   read_pre_tokenizer(root.value("pre_tokenizer", json()), impl, where);
-  for (const json& t : root.value("added_tokens", json::array())) impl.added.push_back(read_added_token(t, impl, true));
+  for (const json& t : root.value("added_tokens", json::array())) {
+    impl.added.push_back(read_added_token(t, impl, true));
+    ENSTACK_CHECK(impl.added.back().id >= 0, DataError, where, ": the added token '", impl.added.back().content,
+                  "' has no id; re-save the file with the tokenizers library.");
+  }
   if (!read_framing(root.value("post_processor", json()), impl, where)) {
     impl.bos = find_id(impl, "<s>");
     impl.eos = find_id(impl, "</s>");
   }
   const json padding = root.value("padding", json());
-  impl.pad = padding.is_object() && padding.contains("pad_id") ? padding["pad_id"].get<int32_t>() : find_id(impl, "<pad>");
+  const bool pad_given = padding.is_object() && padding.contains("pad_id");
+  impl.pad = pad_given ? padding["pad_id"].get<int32_t>() : find_id(impl, "<pad>");
   impl.unk = impl.model_unk >= 0 ? impl.model_unk : find_id(impl, "<unk>");
 }
 
@@ -300,8 +310,9 @@ void hash_string(util::Fnv1a64& h, std::string_view s) {
 std::string identity_of(const Impl& impl) {
   std::vector<std::pair<int32_t, const std::string*>> by_id;
   for (const auto& [token, id] : impl.vocab) by_id.emplace_back(id, &token);
-  std::sort(by_id.begin(), by_id.end(),
-            [](const auto& x, const auto& y) { return x.first != y.first ? x.first < y.first : *x.second < *y.second; });
+  std::sort(by_id.begin(), by_id.end(), [](const auto& x, const auto& y) {
+    return x.first != y.first ? x.first < y.first : *x.second < *y.second;
+  });
   util::Fnv1a64 h;
   hash_string(h, "enstack-bpe-1");
   for (const auto& [id, token] : by_id) {

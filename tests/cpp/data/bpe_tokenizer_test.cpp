@@ -228,7 +228,8 @@ TEST_F(TinyBpe, FramingAndTruncation) {
 
 TEST_F(TinyBpe, RandomBytesNeverCrashAndRoundTrip) {
   auto tok = load();
-  const std::string alphabet = std::string("lowera \t\r\n'sx1.") + "\xC3\xA9\xE2\x82\xAC\xF0\x9F\x8E\x89\x80\xFF\xED\xA0";
+  const std::string alphabet =
+      std::string("lowera \t\r\n'sx1.") + "\xC3\xA9\xE2\x82\xAC\xF0\x9F\x8E\x89\x80\xFF\xED\xA0";
   uint64_t state = 42;
   for (int round = 0; round < 3000; ++round) {
     std::string text(splitmix64(state) % 120, '\0');

@@ -1,0 +1,106 @@
+// Trainer: the native training loop (fine-tuning an EncoderClassifier on token
+// stores) with exact mid-epoch resume, exact gradient accumulation, autocast
+// (fp32/bf16/fp16 with a grad scaler), evaluation with metrics, best-model
+// tracking, early stopping and crash-consistent checkpoints.
+//
+// The position in training is (epoch, batch cursor, optimizer step); a
+// checkpoint holds it with every other numeric state (weights, AdamW moments,
+// scaler, best metric, patience, RNG state, thread count, dataset fingerprints),
+// so a resumed CPU fp32 run ends bitwise equal to an uninterrupted one.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "enstack/data/token_store.h"
+#include "enstack/model/encoder_classifier.h"
+#include "enstack/train/metrics.h"
+
+namespace enstack::train {
+
+struct TrainerOptions {
+  std::string output_dir;
+  uint64_t seed = 42;
+  int num_threads = 0;  // 0: leave torch's setting
+  std::string device = "cpu";
+  int64_t epochs = 1;
+  int64_t batch_size = 16;
+  int64_t grad_accum = 1;
+  double learning_rate = 2e-5;
+  double weight_decay = 0.01;
+  double warmup_ratio = 0.0;
+  int64_t warmup_steps = 0;
+  std::string lr_schedule = "linear";
+  double max_grad_norm = 1.0;
+  std::string precision = "fp32";  // fp32 | bf16 | fp16
+  std::string eval_strategy = "epoch";  // epoch | steps
+  int64_t eval_steps = 0;
+  int64_t save_steps = 0;  // 0: only at epoch ends
+  int64_t save_total_limit = 2;
+  int64_t logging_steps = 50;
+  std::string metric_for_best = "f1_weighted";
+  bool greater_is_better = true;
+  int64_t patience = 0;  // 0: no early stopping
+  double threshold = 0.0;
+  bool group_by_length = false;
+  int64_t pad_id = 1;
+  int64_t max_length = 0;
+  std::vector<std::string> label_names;
+  std::string config_fingerprint;  // of the run's configuration; a resume with another is refused
+  bool allow_changes = false;      // accept a changed dataset/config on resume, knowingly
+
+  void validate() const;  // throws ConfigError listing every problem
+  static TrainerOptions from_json(const nlohmann::json& j);
+};
+
+struct FitResult {
+  int64_t global_step = 0;
+  int64_t epochs_completed = 0;
+  bool early_stopped = false;
+  bool resumed = false;
+  nlohmann::json last_eval;
+  nlohmann::json best_eval;
+  double best_metric = 0.0;
+  std::string best_dir, last_checkpoint;
+  nlohmann::json to_json() const;
+};
+
+// Thrown when fit stops at a step boundary because of Ctrl-C (SIGINT) or a callback
+// asked to stop; a recovery checkpoint has been written.
+class Interrupted : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Trainer {
+ public:
+  // Called every logging_steps, after each evaluation and at the end, with a record
+  // ({"event": "log"|"eval"|"save"|"end", ...}). Returning false stops training at the
+  // next step boundary (as Ctrl-C does).
+  using Callback = std::function<bool(const nlohmann::json& record)>;
+
+  Trainer(std::shared_ptr<model::EncoderClassifier> model, std::shared_ptr<const data::TokenStore> train,
+          std::shared_ptr<const data::TokenStore> eval, TrainerOptions options);
+
+  FitResult fit(bool resume, const Callback& callback = {});
+  // Class probabilities [N, C] of a store in its own order, without grad, under autocast.
+  torch::Tensor predict(const data::TokenStore& store, int64_t batch_size = 0);
+  ClassificationMetrics evaluate(const data::TokenStore& store);
+
+  const TrainerOptions& options() const { return options_; }
+  std::filesystem::path checkpoints_dir() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<model::EncoderClassifier> model_;
+  std::shared_ptr<const data::TokenStore> train_, eval_;
+  TrainerOptions options_;
+};
+
+}  // namespace enstack::train

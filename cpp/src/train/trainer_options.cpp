@@ -1,0 +1,126 @@
+// TrainerOptions validation and JSON, FitResult JSON, and the trainer's
+// evaluation/prediction passes (see enstack/train/trainer.h).
+#include <ATen/autocast_mode.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "enstack/data/epoch_plan.h"
+#include "enstack/data/loader.h"
+#include "enstack/train/trainer.h"
+#include "enstack/util/error.h"
+
+namespace enstack::train {
+
+void TrainerOptions::validate() const {
+  std::ostringstream p;
+  auto need = [&](bool ok, const std::string& what) {
+    if (!ok) p << "\n  - " << what;
+  };
+  need(!output_dir.empty(), "run.output_dir must be set");
+  need(epochs >= 1, "train.epochs must be at least 1");
+  need(batch_size >= 1, "train.batch_size must be at least 1");
+  need(grad_accum >= 1, "train.grad_accum must be at least 1");
+  need(learning_rate > 0 && learning_rate < 1, "train.learning_rate must be in (0, 1)");
+  need(precision == "fp32" || precision == "bf16" || precision == "fp16", "train.precision must be fp32, bf16 or fp16");
+  need(eval_strategy == "epoch" || eval_strategy == "steps", "train.eval_strategy must be epoch or steps");
+  need(eval_strategy != "steps" || eval_steps >= 1, "train.eval_steps must be set with eval_strategy steps");
+  need(save_total_limit >= 1, "train.save_total_limit must be at least 1");
+  need(patience >= 0, "train.early_stopping.patience must not be negative");
+  need(precision != "fp16" || device.rfind("cuda", 0) == 0, "precision fp16 needs a CUDA device; use bf16 or fp32 on CPU");
+  const std::string text = p.str();
+  ENSTACK_CHECK(text.empty(), ConfigError, "invalid training options:", text);
+}
+
+TrainerOptions TrainerOptions::from_json(const nlohmann::json& j) {
+  TrainerOptions o;
+  auto get = [&](const char* key, auto& field) {
+    if (j.contains(key) && !j[key].is_null()) field = j[key].get<std::decay_t<decltype(field)>>();
+  };
+  try {
+    get("output_dir", o.output_dir);
+    get("seed", o.seed);
+    get("num_threads", o.num_threads);
+    get("device", o.device);
+    get("epochs", o.epochs);
+    get("batch_size", o.batch_size);
+    get("grad_accum", o.grad_accum);
+    get("learning_rate", o.learning_rate);
+    get("weight_decay", o.weight_decay);
+    get("warmup_ratio", o.warmup_ratio);
+    get("warmup_steps", o.warmup_steps);
+    get("lr_schedule", o.lr_schedule);
+    get("max_grad_norm", o.max_grad_norm);
+    get("precision", o.precision);
+    get("eval_strategy", o.eval_strategy);
+    get("eval_steps", o.eval_steps);
+    get("save_steps", o.save_steps);
+    get("save_total_limit", o.save_total_limit);
+    get("logging_steps", o.logging_steps);
+    get("metric_for_best", o.metric_for_best);
+    get("greater_is_better", o.greater_is_better);
+    get("patience", o.patience);
+    get("threshold", o.threshold);
+    get("group_by_length", o.group_by_length);
+    get("pad_id", o.pad_id);
+    get("max_length", o.max_length);
+    get("label_names", o.label_names);
+    get("config_fingerprint", o.config_fingerprint);
+    get("allow_changes", o.allow_changes);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(util::str_cat("a training option has the wrong type: ", e.what()));
+  }
+  return o;
+}
+
+nlohmann::json FitResult::to_json() const {
+  return {{"global_step", global_step}, {"epochs_completed", epochs_completed}, {"early_stopped", early_stopped},
+          {"resumed", resumed}, {"last_eval", last_eval}, {"best_eval", best_eval},
+          {"best_metric", std::isnan(best_metric) ? nlohmann::json(nullptr) : nlohmann::json(best_metric)},
+          {"best_dir", best_dir}, {"last_checkpoint", last_checkpoint}};
+}
+
+torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  data::EpochPlanConfig config;
+  config.num_examples = store.size();
+  config.batch_size = batch_size > 0 ? batch_size : options_.batch_size * 2;
+  config.shuffle = false;
+  auto plan = std::make_shared<const data::EpochPlan>(config);
+  data::LoaderOptions loader_options;
+  loader_options.pad_id = options_.pad_id;
+  loader_options.max_length = options_.max_length;
+  auto shared = std::shared_ptr<const data::TokenStore>(&store, [](const data::TokenStore*) {});
+  data::Loader loader(shared, plan, loader_options);
+  const torch::Device device(options_.device);
+  std::vector<torch::Tensor> parts;
+  while (auto batch = loader.next()) {
+    torch::Tensor logits;
+    {
+      const bool on = options_.precision != "fp32";
+      at::autocast::set_autocast_enabled(device.type(), on);
+      if (on) at::autocast::set_autocast_dtype(device.type(), options_.precision == "bf16" ? at::kBFloat16 : at::kHalf);
+      logits = model_->forward(batch->input_ids.to(device), batch->attention_mask.to(device));
+      at::autocast::set_autocast_enabled(device.type(), false);
+      if (on) at::autocast::clear_cache();
+    }
+    parts.push_back(torch::softmax(logits.to(torch::kFloat), 1).cpu());
+  }
+  return torch::cat(parts);  // the plan without shuffling keeps the store's order
+}
+
+ClassificationMetrics Trainer::evaluate(const data::TokenStore& store) {
+  auto probs = predict(store).contiguous();
+  std::vector<int64_t> labels(store.size());
+  for (int64_t i = 0; i < store.size(); ++i) labels[i] = store.labels(i)[0];
+  const int64_t classes = probs.size(1);
+  std::vector<float> p(probs.data_ptr<float>(), probs.data_ptr<float>() + probs.numel());
+  auto metrics = compute_metrics(p, labels, classes);
+  // Mean cross-entropy from the probabilities.
+  auto y = torch::tensor(labels, torch::kLong);
+  metrics.loss = -probs.clamp_min(1e-12).log().gather(1, y.unsqueeze(1)).mean().item<double>();
+  return metrics;
+}
+
+}  // namespace enstack::train

@@ -1,0 +1,50 @@
+// The trainer's resumable position and bookkeeping (trainer_state.json), and
+// reading/writing full-state checkpoints. Private to the trainer.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include <filesystem>
+#include <limits>
+#include <optional>
+#include <string>
+
+#include "enstack/model/encoder_classifier.h"
+#include "enstack/train/adamw.h"
+#include "enstack/train/grad_scaler.h"
+
+namespace enstack::train {
+
+struct TrainerState {
+  int64_t epoch = 0;          // the epoch in progress (0-based)
+  int64_t batch_cursor = 0;   // the next batch of that epoch to run
+  int64_t global_step = 0;    // optimizer steps applied
+  int64_t skipped_steps = 0;  // windows whose fp16 step was skipped
+  int64_t epochs_completed = 0;
+  bool finished = false;
+  bool early_stopped = false;
+  double best_metric = std::numeric_limits<double>::quiet_NaN();
+  int64_t best_step = -1;
+  int64_t patience_counter = 0;
+  int num_threads = 0;
+  std::string train_fingerprint, eval_fingerprint, config_fingerprint;
+  nlohmann::json last_eval = nullptr, best_eval = nullptr;
+
+  nlohmann::json to_json() const;
+  static TrainerState from_json(const nlohmann::json& j);
+};
+
+// Writes a full-state checkpoint into `dir` crash-consistently.
+void save_full_checkpoint(const std::filesystem::path& dir, const model::EncoderClassifier& model,
+                          const AdamW& optimizer, const GradScaler& scaler, const TrainerState& state,
+                          const nlohmann::json& options);
+
+// Restores model, optimizer, scaler and CPU RNG from `dir` and returns its state.
+TrainerState load_full_checkpoint(const std::filesystem::path& dir, model::EncoderClassifier& model,
+                                  AdamW& optimizer, GradScaler& scaler);
+
+// The newest valid full checkpoint under `checkpoints` (step-* and recovery).
+std::optional<std::filesystem::path> find_resume_checkpoint(const std::filesystem::path& checkpoints);
+
+}  // namespace enstack::train

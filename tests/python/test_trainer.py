@@ -1,0 +1,207 @@
+"""The native training loop: parity with a plain PyTorch loop, exact resume after
+SIGKILL (mid-epoch, at an epoch boundary, right after an evaluation), exact
+gradient accumulation, Ctrl-C style interruption, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import get_linear_schedule_with_warmup
+
+import enstack
+from enstack.data import synthetic
+
+TINY = {"model_type": "roberta", "vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 130, "type_vocab_size": 1,
+        "pad_token_id": 1, "layer_norm_eps": 1e-5, "initializer_range": 0.02}
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer-data")
+    synthetic.write_jsonl(root / "functions.jsonl", 160, seed=1)
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    return root
+
+
+def overrides(data_files, out, **more):
+    base = {"run.output_dir": str(out), "run.num_threads": 1, "data.train": str(data_files / "functions.jsonl"),
+            "data.text_column": "func", "data.label_columns": ["label"], "data.label_policy": "class",
+            "model.name_or_path": str(data_files / "tiny.json"), "model.max_length": 64,
+            "model.tokenizer.vocab_size": 400, "train.batch_size": 8, "train.grad_accum": 2, "train.epochs": 2,
+            "train.eval_strategy": "steps", "train.eval_steps": 5, "train.save_steps": 5, "train.logging_steps": 1,
+            "train.learning_rate": 1e-3, "train.warmup_ratio": 0.1}
+    base.update(more)
+    return base
+
+
+def config(data_files, out, **more):
+    return enstack.load_config("configs/demo.yaml", overrides=overrides(data_files, out, **more))
+
+
+def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path):
+    from enstack._C.data import EpochPlan, Loader
+
+    cfg = config(data_files, tmp_path / "run", **{"model.dropout": 0.0, "train.warmup_ratio": 0.25})
+    trainer = enstack.Trainer(cfg)
+    trainer._setup(progress=False)
+    store = trainer._splits["train"].open()
+    names = trainer._splits["train"].label_names
+    # The reference starts from the same initial weights, built independently.
+    torch.manual_seed(cfg.run.seed)
+    tiny = dict(TINY, vocab_size=store.info["vocab_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                id2label={str(i): n for i, n in enumerate(names)})
+    reference = enstack.model.from_config(tiny)
+    params = dict(reference.named_parameters())
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(p, params[name]), name
+    decay = [p for n, p in params.items() if not ("bias" in n or "LayerNorm" in n)]
+    no_decay = [p for n, p in params.items() if "bias" in n or "LayerNorm" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.learning_rate, eps=1e-8,
+                            fused=True)
+    plan = EpochPlan(len(store), 8, cfg.run.seed, 0)
+    total_steps = len(plan.windows(2)) * cfg.train.epochs
+    sched = get_linear_schedule_with_warmup(opt, -(-total_steps // 4), total_steps)
+    batches = list(Loader(store, plan, 0, 1, 64))
+    steps = 6
+    reference.train()
+    for window in plan.windows(2)[:steps]:
+        first, end, n = window["first_batch"], window["end_batch"], window["num_samples"]
+        for b in batches[first:end]:
+            loss = torch.nn.functional.cross_entropy(reference(b["input_ids"], b["attention_mask"]), b["labels"],
+                                                     reduction="sum") / n
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(resume=False, progress=False, callback=lambda r: not (r["event"] == "log" and r["step"] == steps))
+    for name, p in trainer.model.named_parameters():
+        torch.testing.assert_close(p, params[name], atol=2e-6, rtol=1e-5, msg=name)
+
+
+RUNNER = textwrap.dedent("""
+    import json, os, signal, sys
+    import enstack
+    overrides, kill_event, kill_step, losses = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    def on_record(r):
+        if r["event"] == "log":
+            with open(losses, "a") as f:
+                f.write(json.dumps([r["step"], r["loss"]]) + "\\n")
+        if r["event"] == kill_event and r["step"] == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    cfg = enstack.load_config("configs/demo.yaml", overrides=overrides)
+    print(json.dumps(enstack.Trainer(cfg).fit(resume=True, callback=on_record, progress=False).__dict__))
+""")
+
+
+def run(script, overrides_, kill_event="none", kill_step=-1, losses="/dev/null"):
+    return subprocess.run([sys.executable, str(script), json.dumps(overrides_), kill_event, str(kill_step), losses],
+                          capture_output=True, text=True, cwd=os.getcwd())
+
+
+def final_state(out: Path):
+    steps = sorted((out / "checkpoints").glob("step-*"))
+    last = steps[-1]
+    return load_file(last / "model.safetensors"), load_file(last / "optimizer.safetensors"), last.name
+
+
+def read_losses(path):
+    return {step: loss for step, loss in (json.loads(line) for line in Path(path).read_text().splitlines())}
+
+
+@pytest.mark.parametrize("kill_event, kill_step", [("log", 7), ("save", 10), ("eval", 15)],
+                         ids=["mid-epoch", "epoch-boundary", "after-eval"])
+def test_resume_after_sigkill_is_bitwise_equal_to_an_uninterrupted_run(data_files, tmp_path, kill_event, kill_step):
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    straight = run(script, overrides(data_files, tmp_path / "straight"), losses=str(tmp_path / "straight.jsonl"))
+    assert straight.returncode == 0, straight.stderr
+    killed = run(script, overrides(data_files, tmp_path / "killed"), kill_event, kill_step, str(tmp_path / "killed.jsonl"))
+    assert killed.returncode == -9, killed.stderr
+    resumed = run(script, overrides(data_files, tmp_path / "killed"), losses=str(tmp_path / "killed.jsonl"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert json.loads(resumed.stdout)["resumed"] is True
+    a_model, a_opt, a_name = final_state(tmp_path / "straight")
+    b_model, b_opt, b_name = final_state(tmp_path / "killed")
+    assert a_name == b_name
+    assert a_model.keys() == b_model.keys() and a_opt.keys() == b_opt.keys()
+    for k in a_model:
+        assert torch.equal(a_model[k], b_model[k]), k
+    for k in a_opt:
+        assert torch.equal(a_opt[k], b_opt[k]), k
+    # Losses logged after the resume point are the same numbers.
+    a, b = read_losses(tmp_path / "straight.jsonl"), read_losses(tmp_path / "killed.jsonl")
+    assert a == b
+
+
+def test_accumulation_equals_the_full_batch_update(data_files, tmp_path):
+    results = {}
+    for name, batch, accum in [("full", 12, 1), ("accum", 6, 2)]:
+        cfg = config(data_files, tmp_path / name, **{"model.dropout": 0.0, "train.batch_size": batch,
+                                                     "train.grad_accum": accum, "train.epochs": 1,
+                                                     "train.max_grad_norm": 0.0})
+        trainer = enstack.Trainer(cfg)
+        trainer.fit(resume=False, progress=False)
+        results[name] = dict(trainer.model.named_parameters())
+    # 128 training functions: windows of 12 leave a ragged last window of 8 in both runs.
+    for k, v in results["full"].items():
+        torch.testing.assert_close(results["accum"][k], v, atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_stopping_writes_recovery_and_resume_continues_exactly(data_files, tmp_path):
+    straight = enstack.Trainer(config(data_files, tmp_path / "a", **{"train.epochs": 1}))
+    steps = straight.fit(resume=False, progress=False).global_step
+    interrupted = enstack.Trainer(config(data_files, tmp_path / "b", **{"train.epochs": 1}))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(resume=False, progress=False, callback=lambda r: not (r["event"] == "log" and r["step"] == 3))
+    assert (tmp_path / "b" / "checkpoints" / "recovery" / "MANIFEST.json").exists()
+    again = enstack.Trainer(config(data_files, tmp_path / "b", **{"train.epochs": 1}))
+    result = again.fit(resume=True, progress=False)
+    assert result.resumed and result.global_step == steps
+    for (name, p), (_, q) in zip(straight.model.named_parameters(), again.model.named_parameters()):
+        assert torch.equal(p, q), name
+    # A finished run is not restarted.
+    assert enstack.Trainer(config(data_files, tmp_path / "b", **{"train.epochs": 1})).fit(progress=False).global_step == steps
+
+
+def test_eval_metrics_best_model_and_result(data_files, tmp_path):
+    trainer = enstack.Trainer(config(data_files, tmp_path / "run", **{"train.epochs": 1}))
+    result = trainer.fit(progress=False)
+    validation = trainer._splits["validation"]
+    assert result.best_eval is not None and result.last_eval["count"] == len(validation.ids)
+    # Evaluations every 5 steps; the final metrics equal scikit-learn's on the model's predictions.
+    metrics = sorted((tmp_path / "run" / "metrics").glob("eval-step-*.json"))
+    assert [m.name for m in metrics] == [f"eval-step-{s}.json" for s in range(5, result.global_step + 1, 5)]
+    from sklearn.metrics import f1_score
+
+    probs = trainer.predict("validation")
+    labels = validation.open().all_labels().long()
+    assert trainer.evaluate("validation")["f1_weighted"] == pytest.approx(
+        f1_score(labels, probs.argmax(1), average="weighted", zero_division=0), abs=1e-12)
+    best = enstack.model.load(result.best_dir)
+    assert best.num_labels == 5
+
+
+def test_a_changed_dataset_refuses_to_resume(data_files, tmp_path):
+    enstack.Trainer(config(data_files, tmp_path / "run", **{"train.epochs": 1})).fit(progress=False)
+    with pytest.raises(enstack.CheckpointError, match="configuration changed|training data changed"):
+        enstack.Trainer(config(data_files, tmp_path / "run", **{"train.epochs": 1, "model.max_length": 48})).fit(
+            progress=False)
+
+
+def test_batch_size_zero_is_a_config_error(data_files, tmp_path):
+    with pytest.raises(enstack.ConfigError, match="batch_size"):
+        config(data_files, tmp_path / "run", **{"train.batch_size": 0})
