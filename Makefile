@@ -53,8 +53,7 @@ demo: setup
 	$(VENV)/bin/enstack doctor
 	$(VENV)/bin/enstack data prepare configs/demo.yaml
 	$(VENV)/bin/enstack data stats runs/demo/data/train.tokens
-	$(VENV)/bin/enstack model init configs/models/tiny-roberta.json runs/demo/model
-	$(VENV)/bin/enstack model check runs/demo/model
+	$(VENV)/bin/enstack train configs/demo.yaml
 
 test-cpp: setup
 	$(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure --no-tests=error -j $(JOBS)

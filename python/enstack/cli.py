@@ -119,6 +119,23 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import enstack
+
+    cfg = enstack.load_config(args.config, overrides=args.set)
+    result = enstack.Trainer(cfg).fit(resume=args.resume)
+    best = result.best_eval or {}
+    last = result.last_eval or {}
+    print(f"trained to step {result.global_step} ({result.epochs_completed} epochs"
+          f"{', early stopped' if result.early_stopped else ''}{', resumed' if result.resumed else ''})")
+    for name, e in (("last eval", last), ("best eval", best)):
+        if e:
+            print(f"{name:<10} step {e.get('step')}: accuracy {e['accuracy']:.4f}  f1_weighted {e['f1_weighted']:.4f}"
+                  f"  f1_macro {e['f1_macro']:.4f}  auc_weighted {e['auc_weighted'] or float('nan'):.4f}")
+    print(f"best model {result.best_dir}\nlast checkpoint {result.last_checkpoint}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enstack", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -141,6 +158,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", type=int, default=4)
     check.add_argument("--seq-len", type=int, default=64)
     check.set_defaults(func=_model_check)
+    train = sub.add_parser("train", help="fine-tune a model as a config describes (resumes by default)")
+    train.add_argument("config", nargs="+", help="YAML config file(s), composed left to right")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=3")
+    train.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                       help="continue from the newest valid checkpoint of the run (default) or start over")
+    train.set_defaults(func=_train)
+
     data = sub.add_parser("data", help="datasets and token stores")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     prep = data_sub.add_parser("prepare", help="ingest, tokenize and store every split of a config (reused when unchanged)")
@@ -166,8 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             enstack.set_log_level(args.log_level)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
-    except KeyboardInterrupt:
-        print("enstack: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"enstack: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into messages
         if args.debug:

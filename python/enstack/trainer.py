@@ -134,7 +134,8 @@ class Trainer:
         def on_record(record: Dict[str, Any]):
             bar.update(record)
             if record.get("event") == "log":
-                log.info("step %d/%d loss %.4f lr %.3g grad_norm %.3f %.1f samples/s", record["step"],
+                # With a progress bar the numbers are in its postfix; the log keeps them at debug.
+                log.log(logging.DEBUG if progress else logging.INFO,"step %d/%d loss %.4f lr %.3g grad_norm %.3f %.1f samples/s", record["step"],
                          record["total_steps"], record["loss"], record["learning_rate"], record["grad_norm"],
                          record["samples_per_second"])
             return callback(record) if callback is not None else None
@@ -170,14 +171,17 @@ class _ProgressBar:
         self.last_step = None
 
     def update(self, record: Dict[str, Any]) -> None:
-        if not self.enabled or record.get("event") != "log":
+        if not self.enabled:
             return
-        if self.bar is None:
+        if record.get("event") == "begin":
             from tqdm.auto import tqdm
 
-            first = record["step"] - 1 if self.last_step is None else self.last_step
-            self.bar = tqdm(total=max(0, record["total_steps"] - first), desc="training", unit="step")
-            self.last_step = first
+            self.last_step = record["step"]
+            desc = f"training (resumed at step {record['step']})" if record["resumed"] else "training"
+            self.bar = tqdm(total=max(0, record["total_steps"] - record["step"]), desc=desc, unit="step")
+            return
+        if self.bar is None or record.get("event") != "log":
+            return
         self.bar.update(record["step"] - self.last_step)
         self.last_step = record["step"]
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}")

@@ -392,6 +392,8 @@ FitResult Trainer::fit(bool resume, const Callback& callback) {
     impl.result.best_eval = impl.s.best_eval;
     return impl.result;
   }
+  impl.emit({{"event", "begin"}, {"step", impl.s.global_step}, {"total_steps", impl.total_steps},
+             {"resumed", impl.result.resumed}, {"epoch", impl.s.epoch}, {"batch_cursor", impl.s.batch_cursor}});
   while (impl.s.epoch < options_.epochs && !impl.s.early_stopped) impl.run_epoch();
   return impl.finish();
 }

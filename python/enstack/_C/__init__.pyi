@@ -1,6 +1,7 @@
 # Type stubs for the compiled core, enstack._C (torch-style stub package: the
 # extension module itself is _C.cpython-*.so beside this directory).
 from . import _testing as _testing
+from . import ckpt as ckpt
 from . import data as data
 from . import model as model
 from . import train as train
