@@ -205,3 +205,23 @@ def test_a_changed_dataset_refuses_to_resume(data_files, tmp_path):
 def test_batch_size_zero_is_a_config_error(data_files, tmp_path):
     with pytest.raises(enstack.ConfigError, match="batch_size"):
         config(data_files, tmp_path / "run", **{"train.batch_size": 0})
+
+
+def test_ctrl_c_writes_recovery_and_the_cli_exits_130(data_files, tmp_path):
+    import signal
+    import time
+
+    sets = [f"{k}={json.dumps(v)}" for k, v in overrides(data_files, tmp_path / "run", **{"train.epochs": 50}).items()]
+    args = [sys.executable, "-m", "enstack.cli", "train", "configs/demo.yaml"]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "run" / "checkpoints").glob("step-*")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # what Colab's "Interrupt" does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "fit(resume=True) continues" in err
+    manifest = enstack._C.ckpt.verify(str(tmp_path / "run" / "checkpoints" / "recovery"))
+    assert manifest["kind"] == "full" and manifest["step"] >= 5

@@ -28,16 +28,37 @@ fs::path unique_sibling(const fs::path& final_dir, const std::string& tag) {
          util::str_cat(".", tag, "-", final_dir.filename().string(), "-", ::getpid(), "-", counter.fetch_add(1));
 }
 
-// Temporary directories of writers that died (their process is gone) are garbage.
-void remove_stale_temps(const fs::path& final_dir) {
-  const std::string prefix = ".tmp-" + final_dir.filename().string() + "-";
+// Deletes a checkpoint so that no moment of the deletion looks complete: the
+// manifest goes first (and that is made durable), then the files.
+void remove_checkpoint_dir(const fs::path& dir, std::error_code& ec) {
+  fs::remove(dir / kManifestName, ec);
+  if (ec) return;  // keep the files: a checkpoint with its manifest must stay whole
+  try {
+    util::fsync_directory(dir);
+  } catch (const Error& e) {
+    ENSTACK_LOG_WARN("deleting ", dir.string(), ": ", e.what());
+  }
+  fs::remove_all(dir, ec);
+}
+
+bool process_is_gone(const std::string& name, std::size_t pid_at) {
+  const long pid = std::strtol(name.c_str() + pid_at, nullptr, 10);
+  return pid > 0 && pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+// Leftovers of writers that died: their temporary directories, and the previous
+// checkpoint they had moved aside once the new one is in place.
+void remove_stale_siblings(const fs::path& final_dir) {
+  const std::string tmp_prefix = ".tmp-" + final_dir.filename().string() + "-";
+  const std::string old_prefix = ".old-" + final_dir.filename().string() + "-";
+  const bool final_complete = fs::exists(final_dir / kManifestName);
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(final_dir.parent_path(), ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) != 0) continue;
-    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-    if (pid > 0 && pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+    if (name.rfind(tmp_prefix, 0) == 0 && process_is_gone(name, tmp_prefix.size())) {
       fs::remove_all(entry.path(), ec);
+    } else if (final_complete && name.rfind(old_prefix, 0) == 0 && process_is_gone(name, old_prefix.size())) {
+      remove_checkpoint_dir(entry.path(), ec);
     }
   }
 }
@@ -89,7 +110,7 @@ CheckpointWriter::CheckpointWriter(fs::path final_dir) : final_(std::move(final_
   fs::create_directories(final_.parent_path(), ec);
   ENSTACK_CHECK(!ec, Error, "cannot create ", final_.parent_path().string(), ": ", ec.message(),
                 ". Check the path and free space.");
-  remove_stale_temps(final_);
+  remove_stale_siblings(final_);
   temp_ = unique_sibling(final_, "tmp");
   fs::create_directory(temp_, ec);
   ENSTACK_CHECK(!ec, Error, "cannot create ", temp_.string(), ": ", ec.message(), ". Check the path and free space.");
@@ -149,7 +170,7 @@ fs::path CheckpointWriter::commit(int64_t step, const std::string& kind, const n
   }
   committed_ = true;
   util::fsync_directory(final_.parent_path());
-  if (!old.empty()) fs::remove_all(old, ec);
+  if (!old.empty()) remove_checkpoint_dir(old, ec);
   return final_;
 }
 
@@ -216,7 +237,7 @@ void prune(const fs::path& root, const std::string& prefix, int keep, const std:
     const auto& path = all[i].second;
     if (std::find(protect.begin(), protect.end(), path) != protect.end()) continue;
     std::error_code ec;
-    fs::remove_all(path, ec);
+    remove_checkpoint_dir(path, ec);
     if (ec) ENSTACK_LOG_WARN("could not delete old checkpoint ", path.string(), ": ", ec.message());
   }
 }
