@@ -8,23 +8,12 @@
 #include <nlohmann/json.hpp>
 
 #include "bindings.h"
+#include "json_bridge.h"
 #include "enstack/ckpt/checkpoint_dir.h"
 
 namespace py = pybind11;
 
 namespace enstack::bindings {
-namespace {
-
-nlohmann::json to_json(const py::object& value) {
-  return nlohmann::json::parse(py::module_::import("json").attr("dumps")(value).cast<std::string>());
-}
-
-py::object from_json(const nlohmann::json& value) {
-  return py::module_::import("json").attr("loads")(value.dump());
-}
-
-}  // namespace
-
 void bind_ckpt(py::module_& m) {
   using ckpt::CheckpointWriter;
   py::class_<CheckpointWriter>(m, "CheckpointWriter",
@@ -38,13 +27,13 @@ void bind_ckpt(py::module_& m) {
            },
            py::arg("name"), py::arg("tensors"))
       .def("add_json", [](CheckpointWriter& w, const std::string& name, const py::object& value) {
-        w.add_json(name, to_json(value));
+        w.add_json(name, json_of(value));
       }, py::arg("name"), py::arg("value"))
       .def("add_bytes", [](CheckpointWriter& w, const std::string& name, const py::bytes& data) {
         w.add_bytes(name, std::string(data));
       }, py::arg("name"), py::arg("data"))
       .def("commit", [](CheckpointWriter& w, int64_t step, const std::string& kind, const py::object& extra) {
-        auto extra_json = extra.is_none() ? nlohmann::json::object() : to_json(extra);
+        auto extra_json = extra.is_none() ? nlohmann::json::object() : json_of(extra);
         py::gil_scoped_release release;
         return w.commit(step, kind, extra_json);
       }, py::arg("step"), py::arg("kind") = "full", py::arg("extra") = py::none())
@@ -56,7 +45,7 @@ void bind_ckpt(py::module_& m) {
       py::gil_scoped_release release;
       manifest = ckpt::verify(dir);
     }
-    return from_json(manifest.to_json());
+    return python_of(manifest.to_json());
   }, py::arg("dir"), "Checks MANIFEST.json and every file's size and checksum; returns the manifest.");
   m.def("list_by_step", &ckpt::list_by_step, py::arg("root"), py::arg("prefix") = "");
   m.def("latest_valid", [](const std::vector<std::filesystem::path>& roots, const std::string& prefix) {

@@ -32,28 +32,20 @@ torch::Tensor optional_tensor(const std::optional<torch::Tensor>& t) { return t 
 }  // namespace
 
 void bind_model(py::module_& m) {
+  auto forward = [](EncoderClassifier& self, const torch::Tensor& input_ids,
+                    const std::optional<torch::Tensor>& attention_mask,
+                    const std::optional<torch::Tensor>& token_type_ids) {
+    py::gil_scoped_release release;
+    return self.forward(input_ids, optional_tensor(attention_mask), optional_tensor(token_type_ids));
+  };
   py::class_<EncoderClassifier, std::shared_ptr<EncoderClassifier>>(m, "EncoderClassifier",
       "A RoBERTa/BERT encoder with a sequence-classification head; parameter names are the "
       "Hugging Face names.")
       .def(
-          "forward",
-          [](EncoderClassifier& self, const torch::Tensor& input_ids,
-             const std::optional<torch::Tensor>& attention_mask,
-             const std::optional<torch::Tensor>& token_type_ids) {
-            py::gil_scoped_release release;
-            return self.forward(input_ids, optional_tensor(attention_mask), optional_tensor(token_type_ids));
-          },
-          py::arg("input_ids"), py::arg("attention_mask") = py::none(), py::arg("token_type_ids") = py::none(),
+          "forward", forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(), py::arg("token_type_ids") = py::none(),
           "Logits [batch, num_labels].")
-      .def(
-          "__call__",
-          [](EncoderClassifier& self, const torch::Tensor& input_ids,
-             const std::optional<torch::Tensor>& attention_mask,
-             const std::optional<torch::Tensor>& token_type_ids) {
-            py::gil_scoped_release release;
-            return self.forward(input_ids, optional_tensor(attention_mask), optional_tensor(token_type_ids));
-          },
-          py::arg("input_ids"), py::arg("attention_mask") = py::none(), py::arg("token_type_ids") = py::none())
+      .def("__call__", forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
+           py::arg("token_type_ids") = py::none())
       .def(
           "train", [](EncoderClassifier& self, bool mode) -> EncoderClassifier& {
             self.train(mode);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bindings.h"
+#include "json_bridge.h"
 #include "enstack/data/token_store.h"
 #include "enstack/model/encoder_classifier.h"
 #include "enstack/train/metrics.h"
@@ -19,12 +20,6 @@ namespace py = pybind11;
 namespace enstack::bindings {
 
 namespace {
-
-nlohmann::json json_of(const py::object& value) {
-  return nlohmann::json::parse(py::module_::import("json").attr("dumps")(value).cast<std::string>());
-}
-
-py::object python_of(const nlohmann::json& value) { return py::module_::import("json").attr("loads")(value.dump()); }
 
 void bind_trainer(py::module_& m) {
   using train::Trainer;
@@ -89,12 +84,12 @@ void bind_train(py::module_& m) {
         auto ys = labels.detach().to(torch::kCPU, torch::kLong).contiguous();
         std::vector<float> p(probs.data_ptr<float>(), probs.data_ptr<float>() + probs.numel());
         std::vector<int64_t> y(ys.data_ptr<int64_t>(), ys.data_ptr<int64_t>() + ys.numel());
-        std::string text;
+        nlohmann::json out;
         {
           py::gil_scoped_release release;
-          text = train::compute_metrics(p, y, num_classes.value_or(probs.size(1))).to_json(label_names).dump();
+          out = train::compute_metrics(p, y, num_classes.value_or(probs.size(1))).to_json(label_names);
         }
-        return py::module_::import("json").attr("loads")(text);
+        return python_of(out);
       },
       py::arg("probabilities"), py::arg("labels"), py::arg("num_classes") = py::none(),
       py::arg("label_names") = std::vector<std::string>{},
