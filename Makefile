@@ -65,7 +65,9 @@ test: test-cpp test-python
 
 bench: setup
 	$(PY) benchmarks/encoder.py
-	$(PY) benchmarks/tokenize.py
+	$(PY) benchmarks/tokenizer_speed.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/resume.py
 
 clean:
 	rm -rf build $(STAMPS) runs

@@ -349,13 +349,17 @@ void Trainer::Impl::run_epoch() {
   s.batch_cursor = 0;
   s.epochs_completed = s.epoch;
   if (o.eval_strategy == "epoch") evaluate_and_track();
+  // The last epoch's checkpoint is the run's final state; finish() need not write it again.
+  if (s.epoch >= o.epochs || s.early_stopped) s.finished = true;
   save(step_name(s.global_step));
   check_interrupt();
 }
 
 FitResult Trainer::Impl::finish() {
-  s.finished = true;
-  save(step_name(s.global_step));
+  if (!s.finished) {  // stopped early inside an epoch
+    s.finished = true;
+    save(step_name(s.global_step));
+  }
   result.global_step = s.global_step;
   result.epochs_completed = s.epochs_completed;
   result.early_stopped = s.early_stopped;

@@ -9,29 +9,23 @@ runs in a fresh process, because `tokenizers` fixes its thread pool
 (RAYON_NUM_THREADS) at first use; the best of --repeats runs counts, timed with
 Python's garbage collector off (as timeit does) for both.
 
-    python benchmarks/tokenize.py [CORPUS] [--vocab-size 8000] [--vocab-dir DIR] [--max-length 512]
+    python benchmarks/tokenizer_speed.py [CORPUS] [--vocab-size 8000] [--vocab-dir DIR] [--max-length 512]
 """
 
 from __future__ import annotations
 
+import argparse
+import array
+import gc
+import gzip
+import hashlib
+import json
 import os
+import pathlib
+import subprocess
 import sys
-
-# This file shares its name with the standard library's `tokenize` (which torch's
-# import reaches through linecache): keep the script's directory off the import path.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import array  # noqa: E402
-import gc  # noqa: E402
-import gzip  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import tempfile
+import time
 
 DEFAULT_CORPUS = "../shared/data/juliet/juliet_c.jsonl.gz"
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
