@@ -55,10 +55,15 @@ void bind_trainer(py::module_& m) {
         }
         return python_of(result.to_json());
       }, py::arg("resume") = true, py::arg("callback") = py::none())
-      .def("predict", [](Trainer& t, const data::TokenStore& store, int64_t batch_size) {
+      .def("predict", [](Trainer& t, const data::TokenStore& store, int64_t batch_size, const std::string& output) {
+        if (output != "probabilities" && output != "logits") {
+          throw enstack::ConfigError("predict output must be 'probabilities' or 'logits', not '" + output + "'.");
+        }
         py::gil_scoped_release release;
-        return t.predict(store, batch_size);
-      }, py::arg("store"), py::arg("batch_size") = 0)
+        return t.predict(store, batch_size,
+                         output == "logits" ? Trainer::Output::kLogits : Trainer::Output::kProbabilities);
+      }, py::arg("store"), py::arg("batch_size") = 0, py::arg("output") = "probabilities",
+      "Class probabilities (or logits) [N, C] in the store's order; batches are length-sorted.")
       .def("evaluate", [](Trainer& t, const data::TokenStore& store) {
         nlohmann::json out;
         {

@@ -225,3 +225,19 @@ def test_ctrl_c_writes_recovery_and_the_cli_exits_130(data_files, tmp_path):
     assert "interrupted" in err and "fit(resume=True) continues" in err
     manifest = enstack._C.ckpt.verify(str(tmp_path / "run" / "checkpoints" / "recovery"))
     assert manifest["kind"] == "full" and manifest["step"] >= 5
+
+
+def test_predict_restores_the_store_order_after_length_sorting(data_files, tmp_path):
+    trainer = enstack.Trainer(config(data_files, tmp_path / "run"))
+    trainer._setup(progress=False)
+    store = trainer._splits["train"].open()
+    probs = trainer._native.predict(store, 3)
+    logits = trainer._native.predict(store, 5, "logits")
+    trainer.model.eval()
+    with torch.no_grad():  # one example at a time, in the store's order: no padding, no sorting
+        reference = torch.cat([trainer.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+                               for ids in (store.ids(i) for i in range(len(store)))])
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs, torch.softmax(reference, 1), atol=1e-6, rtol=1e-5)
+    with pytest.raises(enstack.ConfigError, match="probabilities"):
+        trainer._native.predict(store, 0, "scores")

@@ -66,6 +66,23 @@ EpochPlan::EpochPlan(const EpochPlanConfig& config, std::span<const int64_t> len
   fingerprint_ = fingerprint_of(config_, order_);
 }
 
+EpochPlan::EpochPlan(int64_t batch_size, std::vector<int64_t> order) {
+  config_.num_examples = static_cast<int64_t>(order.size());
+  config_.batch_size = batch_size;
+  config_.shuffle = false;
+  config_.validate();
+  std::vector<char> seen(order.size(), 0);
+  for (const int64_t i : order) {
+    ENSTACK_CHECK(i >= 0 && i < config_.num_examples && !seen[static_cast<std::size_t>(i)], DataError,
+                  "an explicit epoch order must be a permutation of 0..", config_.num_examples - 1,
+                  "; index ", i, " is out of range or repeated.");
+    seen[static_cast<std::size_t>(i)] = 1;
+  }
+  num_batches_ = (config_.num_examples + batch_size - 1) / batch_size;
+  order_ = std::move(order);
+  fingerprint_ = fingerprint_of(config_, order_);
+}
+
 // std::stable_sort, not std::sort: with equal lengths the result is then fully
 // defined by the comparator, so every standard library gives the same order.
 void EpochPlan::group_by_length(std::span<const int64_t> lengths) {

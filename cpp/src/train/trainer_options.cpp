@@ -2,7 +2,9 @@
 // evaluation/prediction passes (see enstack/train/trainer.h).
 #include <ATen/autocast_mode.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <sstream>
 
 #include "enstack/data/epoch_plan.h"
@@ -80,21 +82,23 @@ nlohmann::json FitResult::to_json() const {
           {"best_dir", best_dir}, {"last_checkpoint", last_checkpoint}};
 }
 
-torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size) {
+torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size, Output output) {
   torch::NoGradGuard no_grad;
   model_->eval();
-  data::EpochPlanConfig config;
-  config.num_examples = store.size();
-  config.batch_size = batch_size > 0 ? batch_size : options_.batch_size * 2;
-  config.shuffle = false;
-  auto plan = std::make_shared<const data::EpochPlan>(config);
+  // Longest first: similar lengths share a batch, and memory peaks on the first batch.
+  const auto lengths = store.lengths();
+  std::vector<int64_t> order(lengths.size());
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
+  auto plan = std::make_shared<const data::EpochPlan>(batch_size > 0 ? batch_size : options_.batch_size * 2, order);
   data::LoaderOptions loader_options;
   loader_options.pad_id = options_.pad_id;
   loader_options.max_length = options_.max_length;
   auto shared = std::shared_ptr<const data::TokenStore>(&store, [](const data::TokenStore*) {});
   data::Loader loader(shared, plan, loader_options);
   const torch::Device device(options_.device);
-  std::vector<torch::Tensor> parts;
+  torch::Tensor out;
+  int64_t done = 0;
   while (auto batch = loader.next()) {
     torch::Tensor logits;
     {
@@ -105,9 +109,14 @@ torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size
       at::autocast::set_autocast_enabled(device.type(), false);
       if (on) at::autocast::clear_cache();
     }
-    parts.push_back(torch::softmax(logits.to(torch::kFloat), 1).cpu());
+    logits = logits.to(torch::kFloat);
+    auto values = (output == Output::kLogits ? logits : torch::softmax(logits, 1)).cpu();
+    if (!out.defined()) out = torch::empty({store.size(), values.size(1)}, torch::kFloat);
+    const auto rows = torch::from_blob(order.data() + done, {values.size(0)}, torch::kLong);
+    out.index_copy_(0, rows, values);
+    done += values.size(0);
   }
-  return torch::cat(parts);  // the plan without shuffling keeps the store's order
+  return out;
 }
 
 ClassificationMetrics Trainer::evaluate(const data::TokenStore& store) {

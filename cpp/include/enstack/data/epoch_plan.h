@@ -52,6 +52,9 @@ class EpochPlan {
 
   // `lengths` (token counts per example) is needed only with group_by_length.
   explicit EpochPlan(const EpochPlanConfig& config, std::span<const int64_t> lengths = {});
+  // A plan with an explicit order (a permutation of 0..n-1), e.g. inference over
+  // examples sorted by length; config().shuffle is false.
+  EpochPlan(int64_t batch_size, std::vector<int64_t> order);
 
   const EpochPlanConfig& config() const { return config_; }
   int64_t num_examples() const { return config_.num_examples; }

@@ -89,8 +89,12 @@ class Trainer {
           std::shared_ptr<const data::TokenStore> eval, TrainerOptions options);
 
   FitResult fit(bool resume, const Callback& callback = {});
-  // Class probabilities [N, C] of a store in its own order, without grad, under autocast.
-  torch::Tensor predict(const data::TokenStore& store, int64_t batch_size = 0);
+  // Class probabilities [N, C] (or raw logits) of a store in its own order, without
+  // grad, under autocast. Batches are formed from examples sorted by length (little
+  // padding), and the results are put back in the store's order.
+  enum class Output { kProbabilities, kLogits };
+  torch::Tensor predict(const data::TokenStore& store, int64_t batch_size = 0,
+                        Output output = Output::kProbabilities);
   ClassificationMetrics evaluate(const data::TokenStore& store);
 
   const TrainerOptions& options() const { return options_; }
