@@ -35,9 +35,11 @@ _check_torch_version()
 
 from enstack import _C  # noqa: E402
 from enstack import _logging  # noqa: E402
-from enstack import model  # noqa: E402
+from enstack import colab, hub, model  # noqa: E402  (plots, tensorboard: imported on use; matplotlib is slow)
 from enstack.config import Config, load_config  # noqa: E402
 from enstack.trainer import FitResult, Trainer  # noqa: E402
+from enstack import stacking  # noqa: E402
+from enstack.stacking import stack  # noqa: E402
 from enstack._C import CheckpointError, ConfigError, DataError, Error, ModelError  # noqa: E402
 from enstack._logging import set_log_level  # noqa: E402
 
@@ -56,7 +58,11 @@ __all__ = [
     "ModelError",
     "Trainer",
     "__version__",
+    "colab",
+    "hub",
     "load_config",
     "model",
     "set_log_level",
+    "stack",
+    "stacking",
 ]

@@ -3,24 +3,29 @@
 ``enstack.Trainer(cfg).fit(resume=True)`` prepares the token stores, builds the
 model (from a checkpoint directory, or from scratch), and runs the native C++
 training loop, which releases the GIL and calls back into Python only every
-``train.logging_steps`` (progress bar, logs), after evaluations and saves.
+``train.logging_steps`` (progress bar, logs, TensorBoard), after evaluations and
+saves. At the end ``fit`` draws the run's plots into ``<output_dir>/metrics``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from enstack import colab, hub
 from enstack import model as es_model
-from enstack._C import ConfigError
+from enstack._C import CheckpointError, ConfigError, DataError
+from enstack._C import ckpt as _ckpt
 from enstack._C import train as _train
 from enstack.config import Config
 from enstack.data import prepare as _prepare
+from enstack.history import TrainLog
+from enstack.progress import ProgressBar
 
 log = logging.getLogger("enstack")
 
@@ -40,17 +45,32 @@ class FitResult:
     best_metric: Optional[float]
     best_dir: str
     last_checkpoint: str
+    swa_eval: Optional[Dict[str, Any]] = None
+    swa_dir: Optional[str] = None
+    #: Result keys of a newer core that this class does not name yet (kept, not dropped).
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_native(cls, out: Dict[str, Any]) -> "FitResult":
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in out.items() if k in names},
+                   extra={k: v for k, v in out.items() if k not in names})
 
 
 class Trainer:
     """Fine-tunes one encoder classifier as described by a ``Config``."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, checkpoint: Optional[str] = None):
+        """``checkpoint`` starts from saved weights instead of ``model.name_or_path`` (for
+        ``evaluate``/``predict``): ``best``, ``last``, ``swa`` or a checkpoint directory."""
         if not isinstance(cfg, Config):
             raise ConfigError("Trainer needs an enstack.Config; load one with enstack.load_config(path).")
+        colab.check_drive_paths(cfg)  # before anything is written to an unmounted Drive path
         self.cfg = cfg
+        self.checkpoint = checkpoint
         self._native = None
         self._splits = None
+        self._source: Optional[Path] = None
 
     # -- setup -----------------------------------------------------------------------------------
     def _device(self) -> str:
@@ -69,16 +89,26 @@ class Trainer:
         m = self.cfg.model
         num_labels = m.num_labels or len(label_names)
         torch.manual_seed(self.cfg.run.seed)  # the initial weights are part of the run
+        if self.checkpoint is not None:
+            return es_model.load(self.checkpoint_dir(self.checkpoint), num_labels=num_labels)
+        source = self._model_source()
         if m.from_scratch:
-            config = json.loads(Path(m.name_or_path).read_text())
+            config = json.loads((source if source.suffix == ".json" else source / "config.json").read_text())
             config["vocab_size"] = vocab_size
             config["id2label"] = {str(i): n for i, n in enumerate(label_names)}
             if m.dropout is not None:
                 config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = m.dropout
             return es_model.from_config(config, num_labels=None if len(label_names) == num_labels else num_labels)
-        return es_model.load(m.name_or_path, num_labels=num_labels)
+        return es_model.load(source, num_labels=num_labels)
 
-    def _options(self, device: str, pad_id: int, label_names: List[str]) -> Dict[str, Any]:
+    def _model_source(self) -> Path:
+        """model.name_or_path as a local path (a Hugging Face id is fetched once per Trainer)."""
+        if self._source is None:
+            self._source = hub.resolve(self.cfg.model.name_or_path, from_scratch=self.cfg.model.from_scratch)
+        return self._source
+
+    def _options(self, device: str, pad_id: int, label_names: List[str],
+                 allow_changes: bool = False) -> Dict[str, Any]:
         t, r = self.cfg.train, self.cfg.run
         metric = t.metric_for_best or "loss"
         greater = t.greater_is_better if t.greater_is_better is not None else metric != "loss"
@@ -94,12 +124,15 @@ class Trainer:
             "patience": t.early_stopping.patience or 0, "threshold": t.early_stopping.threshold,
             "group_by_length": self.cfg.data.group_by_length, "pad_id": pad_id,
             "max_length": self.cfg.model.max_length, "label_names": label_names,
-            "config_fingerprint": self.cfg.fingerprint(),
+            "config_fingerprint": self.cfg.fingerprint(), "allow_changes": allow_changes,
         }
 
-    def _setup(self, progress: bool):
-        if self._native is not None:
+    def _setup(self, progress: bool, allow_changes: Optional[bool] = None):
+        # A fit refused for a changed config has loaded the checkpoint's weights already;
+        # fit(allow_changes=True) after it starts from a fresh setup. None: any setup will do.
+        if self._native is not None and allow_changes in (None, self._allow_changes):
             return
+        allow_changes = bool(allow_changes)
         self._splits = _prepare.prepare(self.cfg, progress=progress)
         train = self._splits["train"]
         store = train.open()
@@ -109,11 +142,12 @@ class Trainer:
         device = self._device()
         eval_split = self._splits.get("validation")
         self._native = _train.Trainer(model, store, eval_split.open() if eval_split else None,
-                                      self._options(device, pad_id, train.label_names))
+                                      self._options(device, pad_id, train.label_names, allow_changes))
+        self._allow_changes = allow_changes
         self.model = model
 
     def _pad_id(self) -> int:
-        config_path = Path(self.cfg.model.name_or_path)
+        config_path = Path(self.checkpoint_dir(self.checkpoint)) if self.checkpoint else self._model_source()
         config_file = config_path if config_path.suffix == ".json" else config_path / "config.json"
         if config_file.exists():
             return int(json.loads(config_file.read_text()).get("pad_token_id", 1))
@@ -121,30 +155,55 @@ class Trainer:
 
     # -- public API ------------------------------------------------------------------------------
     def fit(self, resume: bool = True, callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
-            progress: bool = True) -> FitResult:
+            progress: bool = True, tensorboard: bool = True, plots: bool = True,
+            allow_changes: bool = False) -> FitResult:
         """Trains; with ``resume`` continues from the newest valid checkpoint of the run.
 
-        ``callback(record)`` receives every log, eval, save and end record; returning
-        False stops at the next step boundary (a recovery checkpoint is written).
-        Ctrl-C does the same and raises ``KeyboardInterrupt``.
+        ``callback(record)`` receives every begin, log, eval, save and end record;
+        returning False stops at the next step boundary (a recovery checkpoint is
+        written). Ctrl-C does the same and raises ``KeyboardInterrupt``.
+        ``tensorboard`` writes event files to ``<output_dir>/logs``; ``plots`` draws
+        training curves, confusion matrices and ROC curves (of the final model on the
+        validation split) into ``<output_dir>/metrics`` at the end. A resume whose
+        data or configuration changed is refused unless ``allow_changes``.
         """
-        self._setup(progress)
-        bar = _ProgressBar(progress)
+        self._setup(progress, allow_changes)
+        bar = ProgressBar(progress)
+        monitors = self._monitors(tensorboard)
 
         def on_record(record: Dict[str, Any]):
+            if record.get("event") == "begin":
+                self._save_run_config()  # the checkpoint's config is accepted: it is this run's from now on
             bar.update(record)
+            for monitor in list(monitors):
+                try:
+                    monitor(record)
+                except Exception as e:  # noqa: BLE001 - monitoring must never stop a long run
+                    log.warning("%s stopped after an error (training goes on): %s", type(monitor).__name__, e)
+                    monitors.remove(monitor)
             if record.get("event") == "log":
                 # With a progress bar the numbers are in its postfix; the log keeps them at debug.
-                log.log(logging.DEBUG if progress else logging.INFO,"step %d/%d loss %.4f lr %.3g grad_norm %.3f %.1f samples/s", record["step"],
-                         record["total_steps"], record["loss"], record["learning_rate"], record["grad_norm"],
-                         record["samples_per_second"])
+                log.log(logging.DEBUG if progress else logging.INFO,
+                        "step %d/%d loss %.4f lr %.3g grad_norm %.3f %.1f samples/s", record["step"],
+                        record["total_steps"], record["loss"], record["learning_rate"], record["grad_norm"],
+                        record["samples_per_second"])
             return callback(record) if callback is not None else None
 
         try:
             out = self._native.fit(resume, on_record)
+        except CheckpointError as e:
+            changed = self._changed_settings() if "configuration changed" in str(e) else ""
+            if not changed:
+                raise
+            raise CheckpointError(f"{e} Changed since then: {changed}.") from None
         finally:
             bar.close()
-        return FitResult(**out)
+            for monitor in monitors:
+                monitor.close()
+        result = FitResult.from_native(out)
+        if plots:
+            self._write_plots(result.global_step)
+        return result
 
     def evaluate(self, split: str = "validation") -> Dict[str, Any]:
         """Metrics of the current model on a split (``train``, ``validation`` or ``test``)."""
@@ -156,36 +215,132 @@ class Trainer:
         self._setup(progress=False)
         return self._native.predict(self._store(split))
 
+    def write_predictions(self, splits: Sequence[str] = ("validation", "test"), checkpoint: str = "best",
+                          logits: bool = False, out_dir: Optional[str] = None) -> Dict[str, Any]:
+        """Predicts each split with ``checkpoint``'s weights (best, final or swa) and writes
+        ``<split>.probabilities.npy`` (+ ``.logits.npy``) and a ``<split>.json`` index of ids, labels,
+        store fingerprint and checkpoint identity to ``out_dir`` (default
+        ``<output_dir>/predictions/<checkpoint>``); files still fresh are reused. Returns
+        ``{split: enstack.stacking.PredictionSet}``. Loads those weights into this trainer's model.
+        """
+        from enstack.stacking.predictions import predict_split
+
+        return {s: predict_split(self, s, checkpoint, logits=logits, out_dir=out_dir) for s in splits}
+
+    def predict_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Class probabilities [N, C] of new functions (source code), tokenized as the run's data."""
+        import tempfile
+
+        import numpy as np
+
+        from enstack._C.data import TokenStore, build_token_store
+
+        texts = list(texts)
+        if not texts:
+            raise DataError("predict_texts got no functions; give at least one.")
+        self._setup(progress=False)
+        tokenizer = _prepare.run_tokenizer(self.cfg)
+        with tempfile.TemporaryDirectory(prefix="enstack-predict-") as tmp:
+            path = Path(tmp) / "input.tokens"
+            # The store format needs labels; these are placeholders that predict never reads.
+            build_token_store(str(path), tokenizer, texts, np.zeros(len(texts), dtype=np.int64),
+                              int(self.cfg.model.max_length), num_threads=int(self.cfg.run.num_threads or 0))
+            return self._native.predict(TokenStore(str(path)))
+
+    def label_names(self) -> List[str]:
+        """The class names, in the order of the probability columns."""
+        self._setup(progress=False)
+        return list(self._splits["train"].label_names)
+
+    def checkpoint_dir(self, which: str = "best") -> str:
+        """A verified checkpoint directory of this run: ``best``, ``last``, ``swa`` or a path."""
+        root = Path(self.cfg.run.output_dir) / "checkpoints"
+        if which == "last":
+            found = _latest_full_checkpoint(root)
+            if found is None:
+                raise CheckpointError(f"no valid checkpoint in {root}; train first (`enstack train CONFIG`).")
+            return str(found)
+        path = root / which if which in ("best", "swa") else Path(which)
+        if not path.is_dir():
+            hint = {"best": "it appears after the first evaluation (train.metric_for_best must be set)",
+                    "swa": "it is written when train.swa.enabled is true"}.get(which, "check the path")
+            raise CheckpointError(f"there is no checkpoint directory {path}: {hint}.")
+        _ckpt.verify(str(path))  # raises CheckpointError naming what is wrong
+        return str(path)
+
+    # -- the run's configuration ---------------------------------------------------------------------
+    def _save_run_config(self) -> None:
+        path = Path(self.cfg.run.output_dir) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.cfg.to_yaml())
+        tmp.replace(path)
+
+    def _changed_settings(self) -> str:
+        """'key: old -> new' for the fingerprinted settings that differ from the run's saved config.yaml."""
+        import yaml
+
+        from enstack.config import _NOT_FINGERPRINTED, _flatten
+
+        path = Path(self.cfg.run.output_dir) / "config.yaml"
+        try:
+            saved = _flatten(yaml.safe_load(path.read_text()) or {})
+        except (OSError, yaml.YAMLError):
+            return ""
+        now = _flatten(self.cfg.to_dict())
+        keys = sorted(k for k in set(saved) | set(now) if k not in _NOT_FINGERPRINTED and saved.get(k) != now.get(k))
+        return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys)
+
+    # -- monitoring ------------------------------------------------------------------------------
+    def _monitors(self, tensorboard: bool) -> list:
+        out_dir = Path(self.cfg.run.output_dir)
+        monitors: list = [TrainLog(out_dir / "metrics")]
+        if tensorboard:
+            try:
+                from enstack.tensorboard import TensorBoardLogger
+
+                import torch.utils.tensorboard  # noqa: F401 - fails without the tensorboard package
+            except ImportError as e:
+                log.warning("TensorBoard logging is off: %s (`pip install tensorboard`)", e)
+            else:
+                monitors.append(TensorBoardLogger(out_dir / "logs", label_names=self._splits["train"].label_names))
+        return monitors
+
+    def _write_plots(self, step: int) -> None:
+        from enstack import plots
+
+        out_dir = Path(self.cfg.run.output_dir)
+        try:
+            probs = labels = None
+            names = self._splits["train"].label_names
+            if "validation" in self._splits:
+                labels = self._splits["validation"].open().all_labels()
+                if labels.dim() == 1 or labels.shape[1] == 1:  # ROC and confusion need one class per function
+                    probs = self.predict("validation").float().numpy()
+                    labels = labels.reshape(-1).numpy()
+                else:
+                    labels = None
+            written = plots.write_run_plots(out_dir, probs, labels, names, split="validation", step=step)
+            log.info("plots written to %s: %s", out_dir / "metrics", ", ".join(p.name for p in written))
+        except Exception as e:  # noqa: BLE001 - the run is saved; a failed plot must not lose the result
+            log.warning("plots not written: %s: %s", type(e).__name__, e)
+
     def _store(self, split: str):
         if split not in self._splits:
             raise ConfigError(f"there is no '{split}' split; the data has {sorted(self._splits)}.")
         return self._splits[split].open()
 
 
-class _ProgressBar:
-    """tqdm over optimizer steps that will actually run (a resumed run starts at 0/remaining)."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        self.last_step = None
-
-    def update(self, record: Dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        if record.get("event") == "begin":
-            from tqdm.auto import tqdm
-
-            self.last_step = record["step"]
-            desc = f"training (resumed at step {record['step']})" if record["resumed"] else "training"
-            self.bar = tqdm(total=max(0, record["total_steps"] - record["step"]), desc=desc, unit="step")
-            return
-        if self.bar is None or record.get("event") != "log":
-            return
-        self.bar.update(record["step"] - self.last_step)
-        self.last_step = record["step"]
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _latest_full_checkpoint(root: Path) -> Optional[Path]:
+    """The newest valid full-state checkpoint, as the native resume picks it (recovery/ when newer)."""
+    latest = _ckpt.latest_valid([str(root)], "step-")
+    recovery = root / "recovery"
+    if recovery.is_dir():
+        try:
+            manifest = _ckpt.verify(str(recovery))
+            if manifest["kind"] == "full" and (latest is None or manifest["step"] >= _ckpt.verify(str(latest))["step"]):
+                return recovery
+        except CheckpointError as e:
+            log.warning("ignoring the recovery checkpoint: %s", e)
+    return Path(latest) if latest is not None else None

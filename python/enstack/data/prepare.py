@@ -129,10 +129,31 @@ def resolve_tokenizer(cfg, train: RawSplit) -> Tokenizer:
             train_sentencepiece(train.texts, str(model_path), vocab_size=int(spec.vocab_size))
             key_path.write_text(json.dumps({"key": key}))
         return Tokenizer.from_pretrained(str(model_path))
-    source = Path(str(cfg.model.name_or_path))
+    return _model_tokenizer(cfg)
+
+
+def run_tokenizer(cfg) -> Tokenizer:
+    """The tokenizer ``prepare`` uses for this run, loaded without training one (for new inputs)."""
+    spec = cfg.model.tokenizer
+    if spec is not None and spec.path:
+        return Tokenizer.from_pretrained(str(spec.path))
+    if spec is not None and spec.kind == "sentencepiece" and cfg.model.from_scratch:
+        model_path = Path(cfg.run.output_dir) / "tokenizer" / "spm.model"
+        if not model_path.exists():
+            raise DataError(f"this run's tokenizer {model_path} has not been trained yet; run `enstack data "
+                            "prepare CONFIG` (or train) first.")
+        return Tokenizer.from_pretrained(str(model_path))
+    return _model_tokenizer(cfg)
+
+
+def _model_tokenizer(cfg) -> Tokenizer:
+    from enstack import hub
+
+    # A Hugging Face id resolves to its downloaded snapshot (config, tokenizer files, weights).
+    source = hub.resolve(str(cfg.model.name_or_path), from_scratch=cfg.model.from_scratch)
     if not source.is_dir():
         raise ConfigError(
-            f"model.name_or_path '{source}' is not a local directory, so its tokenizer cannot be read. "
+            f"model.name_or_path '{source}' is not a model directory, so its tokenizer cannot be read. "
             "Give a directory with vocab.json + merges.txt or tokenizer.json, or set model.tokenizer.path.")
     return Tokenizer.from_pretrained(str(source))
 
