@@ -1,6 +1,7 @@
 """The ``enstack`` command line.
 
-Errors print one message on stderr and exit non-zero; ``--debug`` shows the traceback.
+Errors print one message on stderr and exit non-zero (2 for enstack's own errors);
+``--debug`` (anywhere on the command line) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -107,9 +108,11 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 def _data_prepare(args: argparse.Namespace) -> int:
     import enstack
+    from enstack import colab
     from enstack.data import prepare, store
 
     cfg = enstack.load_config(args.config, overrides=args.set)
+    colab.check_drive_paths(cfg)
     for name, split in prepare.prepare(cfg).items():
         s = store.stats(split.open(), label_names=split.label_names)
         state = "reused" if split.reused else "built"
@@ -123,7 +126,16 @@ def _train(args: argparse.Namespace) -> int:
     import enstack
 
     cfg = enstack.load_config(args.config, overrides=args.set)
-    result = enstack.Trainer(cfg).fit(resume=args.resume)
+    try:
+        result = enstack.Trainer(cfg).fit(resume=args.resume, tensorboard=args.tensorboard, plots=args.plots,
+                                          allow_changes=args.allow_changes)
+    except enstack.CheckpointError as e:
+        if "changed since it was saved" not in str(e):
+            raise
+        # The core's message speaks Python (fit(...)); say it in this command's flags too.
+        raise enstack.CheckpointError(
+            f"{e} On the command line: `--set run.output_dir=NEW_DIR` trains a separate run, or "
+            "`--allow-changes` resumes this one with the new settings anyway.") from None
     best = result.best_eval or {}
     last = result.last_eval or {}
     print(f"trained to step {result.global_step} ({result.epochs_completed} epochs"
@@ -163,6 +175,12 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=3")
     train.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                        help="continue from the newest valid checkpoint of the run (default) or start over")
+    train.add_argument("--allow-changes", action="store_true",
+                       help="resume even though the data or training configuration changed since the checkpoint")
+    train.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                       help="write TensorBoard events to <output_dir>/logs (default: on)")
+    train.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                       help="draw curves, confusion matrices and ROC curves into <output_dir>/metrics at the end")
     train.set_defaults(func=_train)
 
     data = sub.add_parser("data", help="datasets and token stores")
@@ -177,12 +195,20 @@ def _build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--verify", action="store_true", help="also verify the data checksum")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_data_stats)
+    __import__("enstack._cli_run", fromlist=["register"]).register(sub)  # enstack eval, predict, bench
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted after the command too (`enstack train x.yaml --debug`), where users type it.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:cut]
+    if debug:
+        argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.debug = args.debug or debug
     try:
         import enstack
 
