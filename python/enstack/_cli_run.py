@@ -22,7 +22,8 @@ _CHECKPOINT_HELP = "best (default), last (the newest full checkpoint), swa, or a
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="+", help="YAML config file(s) of the run, composed left to right")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. run.device=cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. run.device=cpu")
     p.add_argument("--checkpoint", default="best", help=_CHECKPOINT_HELP)
 
 

@@ -71,6 +71,7 @@ class Trainer:
         self._native = None
         self._splits = None
         self._source: Optional[Path] = None
+        self._verified: Dict[str, str] = {}
 
     # -- setup -----------------------------------------------------------------------------------
     def _device(self) -> str:
@@ -254,6 +255,15 @@ class Trainer:
 
     def checkpoint_dir(self, which: str = "best") -> str:
         """A verified checkpoint directory of this run: ``best``, ``last``, ``swa`` or a path."""
+        if which != self.checkpoint:
+            return self._find_checkpoint(which)
+        # The one this Trainer loads from is verified once: verifying reads every byte (checksums),
+        # slow for a large model on Drive.
+        if which not in self._verified:
+            self._verified[which] = self._find_checkpoint(which)
+        return self._verified[which]
+
+    def _find_checkpoint(self, which: str) -> str:
         root = Path(self.cfg.run.output_dir) / "checkpoints"
         if which == "last":
             found = _latest_full_checkpoint(root)
