@@ -195,6 +195,7 @@ def _build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--verify", action="store_true", help="also verify the data checksum")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_data_stats)
+    __import__("enstack._cli_ckpt", fromlist=["register"]).register(sub)  # enstack ckpt ...
     __import__("enstack._cli_run", fromlist=["register"]).register(sub)  # enstack eval, predict, bench
     return parser
 

@@ -1,0 +1,235 @@
+"""Checkpoint tools behind ``enstack ckpt``: list, inspect and export (verify is in ``ckpt_verify``).
+
+Everything here reads damaged input without crashing: ``inspect`` reports what it
+can and what is wrong, and ``list_run`` shows each checkpoint of a run and its
+mirror with the reason an invalid one is invalid and which one ``fit(resume=True)``
+would start from. ``export`` writes a Hugging Face model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from enstack._C import CheckpointError
+from enstack._C import ckpt as _ckpt
+from enstack.ckpt_verify import (STATE_KEYS, check_files, check_manifest, read_json, read_manifest,
+                                 read_safetensors, section, verify)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["check_files", "export", "format_inspect", "format_list", "inspect", "list_run", "read_safetensors",
+           "resume_candidate", "verify"]
+
+
+# -- inspect --------------------------------------------------------------------------------------
+def _batches_per_epoch(path: Path, state: Dict[str, Any], options: Dict[str, Any]) -> Optional[int]:
+    """Exact when the run's training token store (<run>/data/train.tokens) is the checkpoint's."""
+    store_path = path.parent.parent / "data" / "train.tokens"
+    batch_size = options.get("batch_size")
+    if not store_path.is_file() or not isinstance(batch_size, int) or batch_size < 1:
+        return None
+    try:
+        from enstack._C.data import TokenStore
+
+        store = TokenStore(str(store_path))
+        if store.fingerprint != state.get("train_fingerprint"):
+            return None
+        return -(-len(store) // batch_size)
+    except Exception:  # noqa: BLE001 - a damaged store only costs the exact figure
+        return None
+
+
+def _position(path: Path, state: Dict[str, Any], options: Dict[str, Any]) -> Dict[str, Any]:
+    cursor, accum = state.get("batch_cursor"), options.get("grad_accum") or 1
+    out: Dict[str, Any] = {"batches_per_epoch": None, "share_of_epoch": None}
+    if not isinstance(cursor, int):
+        return out
+    batches = _batches_per_epoch(path, state, options)
+    if batches:
+        out.update(batches_per_epoch=batches, share_of_epoch=cursor / batches)
+        return out
+    total, epochs = options.get("total_steps"), options.get("epochs")
+    if isinstance(total, int) and isinstance(epochs, int) and epochs > 0 and total > 0 and isinstance(accum, int):
+        windows = total // epochs  # optimizer steps per epoch
+        if windows > 0:
+            out.update(share_of_epoch=min(1.0, -(-cursor // accum) / windows), share_basis="optimizer steps")
+    return out
+
+
+def inspect(path: PathLike) -> Dict[str, Any]:
+    """What a checkpoint directory holds and what is wrong with it. Never raises on bad input."""
+    path = Path(path)
+    report: Dict[str, Any] = {"path": str(path), "problems": [], "files": [], "state": None}
+    problems: List[str] = report["problems"]
+    if not path.is_dir():
+        problems.append("does not exist" if not path.exists() else "is not a directory")
+        report["valid"] = False
+        return report
+    manifest, report["files"], found = check_manifest(path)
+    problems.extend(found)
+    if manifest is not None:
+        report.update(kind=manifest.get("kind"), step=manifest.get("step"), extra=manifest.get("extra"))
+    doc = read_json(path / "trainer_state.json", problems)
+    if doc is not None:
+        state, options = section(doc, "state"), section(doc, "options")
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            problems.append(f"trainer_state.json lacks {', '.join(missing)}")
+        view = {k: state.get(k) for k in STATE_KEYS}
+        view.update(epochs=options.get("epochs"), grad_accum=options.get("grad_accum"),
+                    batch_size=options.get("batch_size"), swa_count=state.get("swa_count", 0),
+                    epoch_complete=state.get("epoch_complete"), imported_from=state.get("imported_from"))
+        view.update(_position(path, state, options))
+        report["state"] = view
+    elif report.get("kind") == "full" and not (path / "trainer_state.json").exists():
+        problems.append("trainer_state.json is missing")
+    report["valid"] = not problems
+    return report
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _epoch_text(epoch: Any, cursor: Any, epochs: Any = None) -> str:
+    """The position in words, epochs 1-based as in the training log."""
+    if not isinstance(epoch, int) or not isinstance(cursor, int):
+        return "unknown"
+    of = f" of {epochs}" if isinstance(epochs, int) else ""
+    if cursor > 0:
+        return f"{epoch + 1}{of}, in progress"
+    return "not started" if epoch == 0 else f"{epoch}{of} complete"
+
+
+def format_inspect(report: Dict[str, Any]) -> str:
+    """The human-readable form of ``inspect``'s report."""
+    lines = [f"checkpoint   {report['path']}"]
+    if "kind" in report:
+        lines.append(f"kind         {report['kind']} at optimizer step {_fmt(report.get('step'))}")
+    s = report.get("state")
+    if s:
+        lines.append(f"epoch        {_epoch_text(s.get('epoch'), s.get('batch_cursor'), s.get('epochs'))} "
+                     f"(epochs completed {_fmt(s.get('epochs_completed'))}; finished: "
+                     f"{'yes' if s.get('finished') else 'no'}{'; early stopped' if s.get('early_stopped') else ''})")
+        share = s.get("share_of_epoch")
+        of = f" of {s['batches_per_epoch']}" if s.get("batches_per_epoch") else ""
+        basis = f", by {s['share_basis']}" if s.get("share_basis") else ""
+        done = " (at an epoch boundary)" if s.get("batch_cursor") == 0 else \
+            f" ({100 * share:.1f}% of the epoch done{basis})" if isinstance(share, (int, float)) else ""
+        lines.append(f"batch        {_fmt(s.get('batch_cursor'))}{of}{done}")
+        lines.append(f"optimizer    step {_fmt(s.get('global_step'))} (fp16-skipped {_fmt(s.get('skipped_steps'))})")
+        lines.append(f"best metric  {_fmt(s.get('best_metric'))} at step {_fmt(s.get('best_step'))} "
+                     f"(patience counter {_fmt(s.get('patience_counter'))})")
+        lines.append(f"SWA count    {_fmt(s.get('swa_count'))}")
+        lines.append(f"data         train {_fmt(s.get('train_fingerprint'))}  eval {_fmt(s.get('eval_fingerprint'))}"
+                     f"  config {_fmt(s.get('config_fingerprint'))[:16]}")
+        if s.get("imported_from"):
+            lines.append(f"imported     from {s['imported_from']} (the old run's data order is not reproduced)")
+    elif report.get("extra"):
+        lines.append(f"extra        {json.dumps(report['extra'])}")
+    for f in report["files"]:
+        lines.append(f"  {f['name']:<24} {_fmt(f.get('size')):>12}  {f['status']}")
+    lines.append("valid" if report["valid"] else "INVALID:\n" + "\n".join(f"  - {p}" for p in report["problems"]))
+    return "\n".join(lines)
+
+
+# -- list -----------------------------------------------------------------------------------------
+def _mirror_root(mirror_dir: PathLike) -> Path:
+    mirror = Path(mirror_dir)
+    return mirror / "checkpoints" if (mirror / "checkpoints").is_dir() else mirror
+
+
+def resume_candidate(roots: List[Path]) -> Optional[Path]:
+    """The directory ``fit(resume=True)`` starts from, chosen as the trainer chooses: step-* and
+    recovery of every root by manifest step, newest first, the earlier root (local) on a tie;
+    the first that verifies as a full checkpoint."""
+    candidates = []
+    for r, root in enumerate(roots):
+        if root.is_dir():
+            for prefix in ("step-", "recovery"):
+                candidates += [(step, r, str(p)) for step, p in _ckpt.list_by_step(str(root), prefix)]
+    candidates.sort(key=lambda c: c[2], reverse=True)  # within a tie, path descending, as the trainer does
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    for _, _, path in candidates:
+        try:
+            if _ckpt.verify(path)["kind"] == "full":
+                return Path(path)
+        except CheckpointError:
+            continue
+    return None
+
+
+def list_run(run_dir: PathLike, mirror_dir: Optional[PathLike] = None) -> List[Dict[str, Any]]:
+    """Every checkpoint directory under <run_dir>/checkpoints (and the mirror), newest step last."""
+    roots = [("local", Path(run_dir) / "checkpoints")]
+    if mirror_dir:
+        roots.append(("mirror", _mirror_root(mirror_dir)))
+    rows = []
+    for where, root in roots:
+        if not root.is_dir():
+            continue
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            manifest, why = read_manifest(d)
+            extra = (manifest or {}).get("extra") or {}
+            row = {"where": where, "name": d.name, "path": str(d), "kind": (manifest or {}).get("kind"),
+                   "step": (manifest or {}).get("step"), "epoch": extra.get("epoch"),
+                   "batch": extra.get("batch_cursor"), "valid": False, "why": why, "resume": False}
+            if manifest is not None:
+                try:
+                    _ckpt.verify(str(d))
+                    row["valid"] = True
+                except CheckpointError as e:
+                    row["why"] = str(e)
+            rows.append(row)
+    chosen = resume_candidate([root for _, root in roots])
+    for row in rows:
+        row["resume"] = chosen is not None and Path(str(row["path"])) == chosen
+    rows.sort(key=lambda r: (r["step"] if isinstance(r["step"], int) else -1, r["where"], r["name"]))
+    return rows
+
+
+def format_list(rows: List[Dict[str, Any]]) -> str:
+    """``list_run`` as a table; epochs are shown 1-based as in the training log."""
+    if not rows:
+        return "no checkpoints"
+    lines = [f"{'where':<7} {'name':<22} {'kind':<5} {'step':>8}  {'epoch':<22} {'batch':>6}  status"]
+    for r in rows:
+        status = "valid" if r["valid"] else f"INVALID: {r['why']}"
+        mark = "  <- resume starts here" if r["resume"] else ""
+        epoch = _epoch_text(r["epoch"], r["batch"]) if r["kind"] == "full" else "-"
+        lines.append(f"{r['where']:<7} {r['name']:<22} {_fmt(r['kind']):<5} {_fmt(r['step']):>8}  {epoch:<22} "
+                     f"{_fmt(r['batch']):>6}  {status}{mark}")
+    return "\n".join(lines)
+
+
+# -- export ---------------------------------------------------------------------------------------
+def export(path: PathLike, out_dir: PathLike, dtype: str = "float32") -> Path:
+    """Writes a Hugging Face model directory (config.json + model.safetensors) from a checkpoint.
+
+    The checkpoint is verified first; ``out_dir`` must not exist or be empty. The
+    directory is written beside ``out_dir`` and renamed into place.
+    """
+    from enstack import model as es_model
+
+    path, out = Path(path), Path(out_dir)
+    result = verify(path)
+    if not result["ok"]:
+        raise CheckpointError(f"not exporting {path}: " + "; ".join(result["problems"])
+                              + ". Export an older checkpoint (see `enstack ckpt list`).")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out} exists and is not empty; choose a new directory.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        es_model.load(path).save_pretrained(temp, dtype=dtype)
+        if out.exists():
+            out.rmdir()
+        os.replace(temp, out)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return out
