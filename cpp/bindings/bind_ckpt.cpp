@@ -52,8 +52,21 @@ void bind_ckpt(py::module_& m) {
     py::gil_scoped_release release;
     return ckpt::latest_valid(roots, prefix);
   }, py::arg("roots"), py::arg("prefix") = "");
-  m.def("prune", &ckpt::prune, py::arg("root"), py::arg("prefix"), py::arg("keep"),
-        py::arg("protect") = std::vector<std::filesystem::path>{});
+  m.def("prune", [](const std::filesystem::path& root, const std::string& prefix, int keep,
+                    const std::vector<std::filesystem::path>& protect) {
+    py::gil_scoped_release release;
+    ckpt::prune(root, prefix, keep, protect);
+  }, py::arg("root"), py::arg("prefix"), py::arg("keep"), py::arg("protect") = std::vector<std::filesystem::path>{});
+  m.def("copy_checkpoint", [](const std::filesystem::path& source, const std::filesystem::path& final_dir) {
+    ckpt::Manifest manifest;
+    {
+      py::gil_scoped_release release;
+      manifest = ckpt::copy_checkpoint(source, final_dir);
+    }
+    return python_of(manifest.to_json());
+  }, py::arg("source"), py::arg("final_dir"),
+  "Copies a complete checkpoint crash-consistently (temporary sibling, manifest last, verified, renamed); "
+  "returns the copy's manifest.");
 }
 
 }  // namespace enstack::bindings

@@ -1,5 +1,5 @@
 // Bindings for the optimizer side of enstack::train: AdamW, GradScaler and
-// clip_grad_norm. Mirrors enstack/train/{adamw,grad_scaler,clip}.h.
+// clip_grad_norm, SwaAverage. Mirrors enstack/train/{adamw,grad_scaler,clip,swa}.h.
 #include <torch/python.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,6 +8,7 @@
 #include "enstack/train/adamw.h"
 #include "enstack/train/clip.h"
 #include "enstack/train/grad_scaler.h"
+#include "enstack/train/swa.h"
 
 namespace py = pybind11;
 
@@ -85,11 +86,26 @@ void bind_grad_scaler(py::module_& m) {
       .def("__repr__", [](const GradScaler& self) { return "GradScaler(" + self.options().to_string() + ")"; });
 }
 
+
+void bind_swa(py::module_& m) {
+  using train::SwaAverage;
+  py::class_<SwaAverage>(m, "SwaAverage",
+      "Running SWA average of the floating-point parameters, as torch.optim.swa_utils.AveragedModel "
+      "(enstack/train/swa.h).")
+      .def(py::init<const std::vector<std::pair<std::string, torch::Tensor>>&>(), py::arg("named_params"))
+      .def("update", &SwaAverage::update, "Folds the parameters' current values into the average.")
+      .def_property_readonly("count", &SwaAverage::count)
+      .def("state_tensors", &SwaAverage::state_tensors)
+      .def("load_state_tensors", &SwaAverage::load_state_tensors, py::arg("state"), py::arg("count"))
+      .def("swap_with_parameters", &SwaAverage::swap_with_parameters);
+}
+
 }  // namespace
 
 void bind_optim(py::module_& m) {
   bind_adamw(m);
   bind_grad_scaler(m);
+  bind_swa(m);
   m.def(
       "clip_grad_norm",
       [](const std::vector<torch::Tensor>& params, double max_norm) {

@@ -13,6 +13,7 @@
 #include "bindings.h"
 #include "enstack/util/build_info.h"
 #include "enstack/util/error.h"
+#include "enstack/util/fault_injection.h"
 #include "enstack/util/logging.h"
 
 namespace py = pybind11;
@@ -89,6 +90,12 @@ void bind_testing(py::module_& m) {
     py::gil_scoped_release release;
     std::thread([&] { util::log(parsed, message); }).join();
   });
+  t.def("inject_write_fault", [](const std::string& spec) { util::inject_write_fault(util::parse_write_fault(spec)); },
+        py::arg("spec"),
+        "Arms a file-write failure: 'ERRNO[:PATH_SUBSTRING[:SKIP[:COUNT]]]' (e.g. 'ENOSPC:step-:0:1'; COUNT -1 = "
+        "forever). Child processes take the same spec from ENSTACK_INJECT_WRITE_FAULT.");
+  t.def("clear_write_faults", &util::clear_write_faults);
+  t.def("injected_write_faults", &util::injected_write_faults, "Failures injected since the fault was armed.");
 }
 
 }  // namespace

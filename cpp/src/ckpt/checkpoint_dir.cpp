@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "enstack/ckpt/snapshot.h"
 #include "enstack/model/safetensors.h"
 #include "enstack/util/error.h"
 #include "enstack/util/files.h"
@@ -123,17 +124,20 @@ CheckpointWriter::~CheckpointWriter() {
   }
 }
 
-void CheckpointWriter::record(const std::string& name) {
-  FileEntry entry;
-  entry.name = name;
-  entry.checksum = checksum_of(temp_ / name, entry.size);
-  entries_.push_back(std::move(entry));
+void CheckpointWriter::add_file(const std::string& name, const void* data, uint64_t size) {
+  util::AtomicFileWriter file(temp_ / name);
+  file.write(data, static_cast<std::size_t>(size));
+  file.commit();
+  // The checksum is of the bytes in memory: the file is not read back.
+  entries_.push_back({name, size, util::Fnv1a64().update(data, static_cast<std::size_t>(size)).hex()});
 }
 
 void CheckpointWriter::add_tensors(const std::string& name, const std::map<std::string, torch::Tensor>& tensors,
                                    const std::map<std::string, std::string>& metadata) {
-  model::save_safetensors(temp_ / name, tensors, metadata);
-  record(name);
+  const model::SafetensorsImage image(tensors, metadata, temp_ / name);
+  std::vector<std::byte> bytes(image.size());
+  image.fill(bytes.data());
+  add_file(name, bytes.data(), bytes.size());
 }
 
 void CheckpointWriter::add_json(const std::string& name, const nlohmann::json& value) {
@@ -141,8 +145,66 @@ void CheckpointWriter::add_json(const std::string& name, const nlohmann::json& v
 }
 
 void CheckpointWriter::add_bytes(const std::string& name, const std::string& bytes) {
-  util::write_file_atomic(temp_ / name, bytes);
-  record(name);
+  add_file(name, bytes.data(), bytes.size());
+}
+
+fs::path write_snapshot(const Snapshot& snapshot, const fs::path& final_dir) {
+  CheckpointWriter writer(final_dir);
+  for (const auto& file : snapshot.files()) writer.add_file(file.name, file.data(), file.size);
+  return writer.commit(snapshot.step(), snapshot.kind(), snapshot.extra());
+}
+
+void install_directory(const fs::path& temp, const fs::path& final_dir) {
+  util::fsync_directory(temp);
+  fs::path old;
+  std::error_code ec;
+  if (fs::exists(final_dir)) {
+    old = unique_sibling(final_dir, "old");
+    fs::rename(final_dir, old, ec);
+    ENSTACK_CHECK(!ec, Error, "cannot move the previous checkpoint ", final_dir.string(), " aside: ", ec.message());
+  }
+  fs::rename(temp, final_dir, ec);
+  if (ec) {
+    if (!old.empty()) fs::rename(old, final_dir);  // put the previous one back
+    throw Error(util::str_cat("cannot move the new checkpoint into ", final_dir.string(), ": ", ec.message(),
+                              "; the previous checkpoint is unchanged."));
+  }
+  util::fsync_directory(final_dir.parent_path());
+  if (!old.empty()) remove_checkpoint_dir(old, ec);
+}
+
+Manifest copy_checkpoint(const fs::path& source, const fs::path& final_dir) {
+  const Manifest manifest = read_manifest(source);
+  std::error_code ec;
+  fs::create_directories(final_dir.parent_path(), ec);
+  ENSTACK_CHECK(!ec, Error, "cannot create ", final_dir.parent_path().string(), ": ", ec.message(),
+                ". Check that the mirror folder is mounted and writable.");
+  remove_stale_siblings(final_dir);
+  const fs::path temp = unique_sibling(final_dir, "tmp");
+  fs::create_directory(temp, ec);
+  ENSTACK_CHECK(!ec, Error, "cannot create ", temp.string(), ": ", ec.message(), ". Check the mirror folder.");
+  try {
+    constexpr std::size_t kChunk = 8u << 20;
+    for (const auto& file : manifest.files) {
+      const util::MappedFile in(source / file.name);
+      util::AtomicFileWriter out(temp / file.name);
+      for (std::size_t at = 0; at < in.size(); at += kChunk) {
+        out.write(in.data() + at, std::min(kChunk, in.size() - at));
+      }
+      out.commit();
+    }
+    // The manifest goes last, as when the checkpoint was first written; then the
+    // copy is checked against it before it can be seen under its final name.
+    util::write_file_atomic(temp / kManifestName, util::read_file<CheckpointError>(source / kManifestName));
+    const Manifest copied = verify(temp);
+    ENSTACK_CHECK(copied.step == manifest.step, CheckpointError, "the source checkpoint ", source.string(),
+                  " changed while it was copied.");
+    install_directory(temp, final_dir);
+    return copied;
+  } catch (...) {
+    fs::remove_all(temp, ec);
+    throw;
+  }
 }
 
 fs::path CheckpointWriter::commit(int64_t step, const std::string& kind, const nlohmann::json& extra) {
@@ -154,23 +216,8 @@ fs::path CheckpointWriter::commit(int64_t step, const std::string& kind, const n
   manifest.extra = extra;
   // Every data file was fsynced by its atomic write; the manifest goes last.
   util::write_file_atomic(temp_ / kManifestName, manifest.to_json().dump(2) + "\n");
-  util::fsync_directory(temp_);
-  fs::path old;
-  std::error_code ec;
-  if (fs::exists(final_)) {
-    old = unique_sibling(final_, "old");
-    fs::rename(final_, old, ec);
-    ENSTACK_CHECK(!ec, Error, "cannot move the previous checkpoint ", final_.string(), " aside: ", ec.message());
-  }
-  fs::rename(temp_, final_, ec);
-  if (ec) {
-    if (!old.empty()) fs::rename(old, final_);  // put the previous one back
-    throw Error(util::str_cat("cannot move the new checkpoint into ", final_.string(), ": ", ec.message(),
-                              "; the previous checkpoint is unchanged."));
-  }
+  install_directory(temp_, final_);
   committed_ = true;
-  util::fsync_directory(final_.parent_path());
-  if (!old.empty()) remove_checkpoint_dir(old, ec);
   return final_;
 }
 
@@ -228,10 +275,11 @@ std::optional<fs::path> latest_valid(const std::vector<fs::path>& roots, const s
   return std::nullopt;
 }
 
-void prune(const fs::path& root, const std::string& prefix, int keep, const std::vector<fs::path>& protect) {
+void prune(const fs::path& root, const std::string& prefix, int keep, const std::vector<fs::path>& protect,
+           const fs::path& newest_verified) {
   auto all = list_by_step(root, prefix);
   if (keep < 1 || static_cast<int>(all.size()) <= keep) return;
-  verify(all.back().second);  // delete nothing unless the newest is sound
+  if (all.back().second != newest_verified) verify(all.back().second);  // delete nothing unless the newest is sound
   const std::size_t excess = all.size() - static_cast<std::size_t>(keep);
   for (std::size_t i = 0; i < excess; ++i) {
     const auto& path = all[i].second;

@@ -311,13 +311,11 @@ torch::Tensor SafetensorsReader::tensor(const std::string& name,
   return out;
 }
 
-void save_safetensors(const std::filesystem::path& path,
-                      const std::map<std::string, torch::Tensor>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
-  std::vector<torch::Tensor> ordered;  // CPU, contiguous, in name order (as in the header)
-  ordered.reserve(tensors.size());
+SafetensorsImage::SafetensorsImage(const std::map<std::string, torch::Tensor>& tensors,
+                                   const std::map<std::string, std::string>& metadata,
+                                   const std::filesystem::path& path) {
+  tensors_.reserve(tensors.size());
   json header = json::object();
-  uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
     auto fail = [&](const std::string& why) {
       return ModelError(str_cat("cannot save tensor '", name, "' to ", path.string(), ": ", why));
@@ -331,15 +329,14 @@ void save_safetensors(const std::filesystem::path& path,
     } catch (const ModelError& e) {
       throw fail(e.what());
     }
-    torch::Tensor cpu =
-        tensor.detach().to(torch::kCPU).resolve_conj().resolve_neg().contiguous();
-    const auto nbytes = static_cast<uint64_t>(cpu.nbytes());
-    header[name] = {{"dtype", dtype}, {"shape", cpu.sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
-    offset += nbytes;
-    ordered.push_back(std::move(cpu));
+    const auto nbytes = static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
+    header[name] = {{"dtype", dtype}, {"shape", tensor.sizes().vec()},
+                    {"data_offsets", {data_bytes_, data_bytes_ + nbytes}}};
+    offsets_.push_back(data_bytes_);
+    data_bytes_ += nbytes;
+    tensors_.push_back(tensor.detach());
   }
   if (!metadata.empty()) header[kMetadataKey] = metadata;
-
   std::string text;
   try {
     text = header.dump();
@@ -350,17 +347,30 @@ void save_safetensors(const std::filesystem::path& path,
   }
   // Pad with spaces (valid JSON whitespace) so the data section starts 8-byte aligned.
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');
-
   const uint64_t header_len = text.size();
-  std::vector<std::byte> bytes(8 + header_len + offset);
-  std::memcpy(bytes.data(), &header_len, 8);
-  std::memcpy(bytes.data() + 8, text.data(), header_len);
-  std::byte* cursor = bytes.data() + 8 + header_len;
-  for (const torch::Tensor& t : ordered) {
-    const auto nbytes = static_cast<std::size_t>(t.nbytes());
-    if (nbytes > 0) std::memcpy(cursor, t.data_ptr(), nbytes);
-    cursor += nbytes;
+  header_.resize(8);
+  std::memcpy(header_.data(), &header_len, 8);
+  header_ += text;
+}
+
+void SafetensorsImage::fill(std::byte* dst, bool non_blocking) const {
+  std::memcpy(dst, header_.data(), header_.size());
+  std::byte* data = dst + header_.size();
+  for (std::size_t i = 0; i < tensors_.size(); ++i) {
+    const auto& t = tensors_[i];
+    if (t.numel() == 0) continue;
+    // A CPU view of the destination bytes; copy_ handles device, strides, conj and neg views.
+    auto view = torch::from_blob(data + offsets_[i], t.sizes(), torch::TensorOptions().dtype(t.scalar_type()));
+    view.copy_(t, non_blocking);
   }
+}
+
+void save_safetensors(const std::filesystem::path& path,
+                      const std::map<std::string, torch::Tensor>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  const SafetensorsImage image(tensors, metadata, path);
+  std::vector<std::byte> bytes(image.size());
+  image.fill(bytes.data());
   util::write_file_atomic(path, std::span<const std::byte>(bytes));
 }
 

@@ -3,15 +3,19 @@
 // then the "every N steps" blocks (log, evaluate, save, stop?).
 #include "enstack/train/trainer.h"
 
-#include <ATen/autocast_mode.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <c10/util/Exception.h>
+#include <unistd.h>
 
 #include <chrono>
-#include <cstdio>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <sstream>
 
+#include "enstack/ckpt/async_saver.h"
 #include "enstack/ckpt/checkpoint_dir.h"
 #include "enstack/data/epoch_plan.h"
 #include "enstack/data/loader.h"
@@ -93,6 +97,30 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Resident set size of this process (Linux), 0 where unavailable.
+int64_t resident_bytes() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<int64_t>(resident) * ::sysconf(_SC_PAGESIZE);
+}
+
+// SWA starts after 75% of the epochs unless the config says when.
+int64_t swa_start_epoch(const TrainerOptions& o) {
+  return o.swa_start_epoch > 0 ? o.swa_start_epoch : std::min(o.epochs, o.epochs * 3 / 4 + 1);
+}
+
+ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o) {
+  ckpt::AsyncSaverOptions a;
+  a.coalesce = o.save_coalesce;
+  a.synchronous = !o.async_save;
+  a.keep_steps = static_cast<int>(o.save_total_limit);
+  if (!o.mirror_dir.empty()) a.mirror_root = fs::path(o.mirror_dir) / "checkpoints";
+  return a;
+}
+
 }  // namespace
 
 // Everything one fit() needs, so the loop reads as plain statements.
@@ -104,7 +132,9 @@ struct Trainer::Impl {
   AdamW optimizer;
   GradScaler scaler;
   Schedule schedule;
-  int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0;
+  std::unique_ptr<SwaAverage> swa;
+  ckpt::AsyncSaver saver;
+  int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0, swa_start_step = 0;
   TrainerState s;
   FitResult result;
   const Callback& callback;
@@ -117,11 +147,15 @@ struct Trainer::Impl {
   Impl(Trainer& trainer, const Callback& cb)
       : t(trainer), o(trainer.options_), model(*trainer.model_), device(trainer.options_.device),
         optimizer(named_parameters(), adamw_options()), scaler(scaler_options()),
-        schedule(parse_schedule(o.lr_schedule)), callback(cb) {
+        schedule(parse_schedule(o.lr_schedule)), saver(saver_options(trainer.options_)), callback(cb) {
     windows_per_epoch = data::EpochPlan::num_windows(
         (t.train_->size() + o.batch_size - 1) / o.batch_size, o.grad_accum);
     total_steps = windows_per_epoch * o.epochs;
     warmup = o.warmup_steps > 0 ? o.warmup_steps : warmup_steps_for(o.warmup_ratio, total_steps);
+    if (o.swa_enabled) {
+      swa = std::make_unique<SwaAverage>(named_parameters());
+      swa_start_step = (swa_start_epoch(o) - 1) * windows_per_epoch;
+    }
   }
 
   std::vector<std::pair<std::string, torch::Tensor>> named_parameters() {
@@ -147,6 +181,17 @@ struct Trainer::Impl {
     return !stop_requested;
   }
 
+  std::vector<fs::path> checkpoint_roots() const {
+    std::vector<fs::path> roots{t.checkpoints_dir()};
+    if (!o.mirror_dir.empty()) roots.push_back(fs::path(o.mirror_dir) / "checkpoints");
+    return roots;
+  }
+  double learning_rate(int64_t step) const;
+  void update_swa();
+  void finalize_swa();
+  void report_saves();
+  [[noreturn]] void out_of_memory(const c10::Error& e, const data::StepWindow& window);
+
   void begin(bool resume);
   void run_epoch();
   double run_window(data::Loader& loader, const data::StepWindow& window);
@@ -155,6 +200,11 @@ struct Trainer::Impl {
   void save(const std::string& name);
   void check_interrupt();
   FitResult finish();
+  void fill_swa_result() {
+    result.swa_count = s.swa_count;
+    result.swa_eval = s.swa_eval;
+    if (s.swa_count > 0) result.swa_dir = (t.checkpoints_dir() / "swa").string();
+  }
 };
 
 nlohmann::json Trainer::Impl::options_json() const {
@@ -169,13 +219,13 @@ void Trainer::Impl::begin(bool resume) {
   s.train_fingerprint = t.train_->info().fingerprint;
   s.eval_fingerprint = t.eval_ ? t.eval_->info().fingerprint : "";
   s.config_fingerprint = o.config_fingerprint;
-  const auto found = resume ? find_resume_checkpoint(t.checkpoints_dir()) : std::nullopt;
+  const auto found = resume ? find_resume_checkpoint(checkpoint_roots()) : std::nullopt;
   if (!found) {
     ENSTACK_LOG_INFO("training from the start: ", o.epochs, " epochs x ", windows_per_epoch, " steps (",
                      t.train_->size(), " examples, batch ", o.batch_size, " x accumulation ", o.grad_accum, ")");
     return;
   }
-  const TrainerState saved = load_full_checkpoint(*found, model, optimizer, scaler);
+  const TrainerState saved = load_full_checkpoint(*found, model, optimizer, scaler, swa.get(), device);
   auto refuse = [&](const std::string& what, const std::string& then, const std::string& now) {
     if (o.allow_changes) {
       ENSTACK_LOG_WARN("resuming although the ", what, " changed (", then, " -> ", now, ")");
@@ -237,14 +287,27 @@ void Trainer::Impl::after_step(double lr, double norm) {
   if (o.logging_steps > 0 && s.global_step % o.logging_steps == 0 && log_windows > 0) {
     const double elapsed = std::max(1e-9, seconds_since(log_start));
     const int64_t batches = (t.train_->size() + o.batch_size - 1) / o.batch_size;
-    emit({{"event", "log"}, {"step", s.global_step}, {"epoch", s.epoch + static_cast<double>(s.batch_cursor) / batches},
-          {"loss", loss_sum / log_windows}, {"learning_rate", lr}, {"grad_norm", norm_sum / log_windows},
-          {"loss_scale", scaler.get_scale()}, {"skipped_steps", s.skipped_steps},
-          {"samples_per_second", log_samples / elapsed}, {"tokens_per_second", log_tokens / elapsed},
-          {"total_steps", total_steps}});
+    nlohmann::json record = {
+        {"event", "log"}, {"step", s.global_step}, {"epoch", s.epoch + static_cast<double>(s.batch_cursor) / batches},
+        {"loss", loss_sum / log_windows}, {"learning_rate", lr}, {"grad_norm", norm_sum / log_windows},
+        {"loss_scale", scaler.get_scale()}, {"skipped_steps", s.skipped_steps},
+        {"samples_per_second", log_samples / elapsed}, {"tokens_per_second", log_tokens / elapsed},
+        {"total_steps", total_steps}, {"rss_bytes", resident_bytes()}};
+    if (device.is_cuda()) {
+      const auto stats = at::accelerator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+      const auto aggregate = static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+      record["cuda_max_allocated_bytes"] = stats.allocated_bytes[aggregate].peak;
+      record["cuda_max_reserved_bytes"] = stats.reserved_bytes[aggregate].peak;
+    }
+    if (swa) record["swa_count"] = swa->count();
+    emit(record);
     loss_sum = norm_sum = 0;
     log_windows = log_samples = log_tokens = 0;
     log_start = std::chrono::steady_clock::now();
+  }
+  if (swa && o.swa_every_steps > 0 && s.global_step > swa_start_step &&
+      (s.global_step - swa_start_step) % o.swa_every_steps == 0) {
+    update_swa();
   }
   if (o.eval_strategy == "steps" && o.eval_steps > 0 && s.global_step % o.eval_steps == 0) evaluate_and_track();
   if (o.save_steps > 0 && s.global_step % o.save_steps == 0) save(step_name(s.global_step));
@@ -269,10 +332,9 @@ void Trainer::Impl::evaluate_and_track() {
     s.best_step = s.global_step;
     s.best_eval = record;
     s.patience_counter = 0;
-    ckpt::CheckpointWriter best(t.checkpoints_dir() / "best");
-    best.add_json("config.json", model.config().to_json());
-    best.add_tensors("model.safetensors", model::state_of(model));
-    best.commit(s.global_step, "model", {{"metric", o.metric_for_best}, {"value", value}});
+    saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16",
+                                {{"metric", o.metric_for_best}, {"value", value}}, &saver.pool()),
+                 t.checkpoints_dir() / "best");
   } else {
     ++s.patience_counter;
   }
@@ -287,16 +349,108 @@ void Trainer::Impl::evaluate_and_track() {
 }
 
 void Trainer::Impl::save(const std::string& name) {
-  const fs::path dir = t.checkpoints_dir() / name;
-  save_full_checkpoint(dir, model, optimizer, scaler, s, options_json());
-  if (name.rfind("step-", 0) == 0) ckpt::prune(t.checkpoints_dir(), "step-", static_cast<int>(o.save_total_limit));
-  result.last_checkpoint = dir.string();
-  emit({{"event", "save"}, {"step", s.global_step}, {"path", dir.string()}});
+  const auto start = std::chrono::steady_clock::now();
+  auto snapshot = snapshot_full_checkpoint(model, optimizer, scaler, swa.get(), s, options_json(), device,
+                                           &saver.pool());
+  const double snapshot_seconds = seconds_since(start);
+  const double waited = saver.submit(std::move(snapshot), t.checkpoints_dir() / name);
+  if (waited > 0.05) {
+    ENSTACK_LOG_INFO("waited ", waited, " s for the previous checkpoint to be written (train.save_coalesce: true "
+                     "replaces a queued save instead of waiting)");
+  }
+  ENSTACK_LOG_DEBUG("checkpoint ", name, ": snapshot ", snapshot_seconds, " s, then written in the background");
+  report_saves();
+}
+
+// Turns the saver's events (writes finished or failed, mirror copies) into log
+// records and callback records; called at step boundaries and after flushes.
+void Trainer::Impl::report_saves() {
+  for (const auto& e : saver.drain()) {
+    using Kind = ckpt::SaveEvent::Kind;
+    nlohmann::json record = {{"event", ckpt::SaveEvent::name(e.kind)}, {"step", e.step}, {"path", e.path},
+                             {"seconds", e.seconds}, {"bytes", e.bytes}};
+    if (!e.error.empty()) record["error"] = e.error;
+    const std::string dir = fs::path(e.path).filename().string();
+    if (e.kind == Kind::kSaved && (dir.rfind("step-", 0) == 0 || dir == "recovery")) result.last_checkpoint = e.path;
+    if (e.kind == Kind::kSaveFailed) ++result.save_errors;
+    emit(record);
+  }
+}
+
+[[noreturn]] void Trainer::Impl::out_of_memory(const c10::Error& e, const data::StepWindow& window) {
+  // The step did not happen: drop its partial gradients and save the state before it.
+  optimizer.zero_grad();
+  if (device.is_cuda()) at::accelerator::emptyCache();
+  std::string saved = "nothing could be saved";
+  try {
+    save("recovery");
+    saver.flush();
+    report_saves();
+    saved = "the state before this step is in " + (t.checkpoints_dir() / "recovery").string();
+  } catch (const std::exception& inner) {
+    saved = std::string("saving a recovery checkpoint failed too (") + inner.what() + ")";
+  }
+  throw Error(util::str_cat(
+      "out of memory at optimizer step ", s.global_step + 1, " (epoch ", s.epoch + 1, ", batches ", window.first_batch,
+      "..", window.end_batch - 1, "); ", saved, ". To fit: lower train.batch_size and raise train.grad_accum by "
+      "the same factor (the effective batch stays the same, e.g. batch_size ", std::max<int64_t>(1, o.batch_size / 2),
+      " with grad_accum ", o.grad_accum * 2, "), lower model.max_length, or use precision fp16 (CUDA) / bf16; then "
+      "resume with allow_changes (the batch layout changed). Device message: ", e.what_without_backtrace()));
+}
+
+double Trainer::Impl::learning_rate(int64_t step) const {
+  const double scheduled = o.learning_rate * lr_multiplier(schedule, step, warmup, total_steps);
+  if (!swa || o.swa_lr <= 0 || step < swa_start_step) return scheduled;
+  // As torch's SWALR with cosine annealing over one epoch: from the scheduled rate at
+  // the SWA start to swa_lr, then constant. A pure function of the step, for exact resume.
+  const double from = o.learning_rate * lr_multiplier(schedule, swa_start_step, warmup, total_steps);
+  const double t_anneal = std::min(1.0, static_cast<double>(step - swa_start_step + 1) /
+                                            static_cast<double>(std::max<int64_t>(1, windows_per_epoch)));
+  const double alpha = (1.0 - std::cos(M_PI * t_anneal)) / 2.0;
+  return o.swa_lr * alpha + from * (1.0 - alpha);
+}
+
+void Trainer::Impl::update_swa() {
+  swa->update();
+  s.swa_count = swa->count();
+}
+
+// Evaluates the SWA model and exports it to swa/ (model only); the live weights are
+// swapped back afterwards, so training state and the final checkpoint are unaffected.
+void Trainer::Impl::finalize_swa() {
+  if (!swa || swa->count() == 0) return;
+  swa->swap_with_parameters();
+  try {
+    nlohmann::json extra = {{"swa_count", swa->count()}};
+    if (t.eval_) {
+      const auto metrics = t.evaluate(*t.eval_);
+      auto record = metrics.to_json(o.label_names);
+      record["step"] = s.global_step;
+      record["swa_count"] = swa->count();
+      fs::create_directories(fs::path(o.output_dir) / "metrics");
+      util::write_file_atomic(fs::path(o.output_dir) / "metrics" / "eval-swa.json", record.dump(2));
+      s.swa_eval = record;
+      extra["metric"] = o.metric_for_best;
+      extra["value"] = metrics.get(o.metric_for_best);
+      ENSTACK_LOG_INFO("SWA model (", swa->count(), " snapshots): ", o.metric_for_best, " ",
+                       metrics.get(o.metric_for_best), ", accuracy ", metrics.accuracy,
+                       s.best_eval.is_null() ? "" : util::str_cat(" (best checkpoint: ", s.best_metric, ")"));
+      emit({{"event", "swa_eval"}, {"step", s.global_step}, {"metrics", record}});
+    }
+    saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16", extra, &saver.pool()),
+                 t.checkpoints_dir() / "swa");
+  } catch (...) {
+    swa->swap_with_parameters();
+    throw;
+  }
+  swa->swap_with_parameters();
 }
 
 void Trainer::Impl::check_interrupt() {
   if (!g_sigint.load() && !stop_requested) return;
   save("recovery");
+  saver.flush();
+  report_saves();
   throw Interrupted(util::str_cat("training interrupted at step ", s.global_step, "; state saved to ",
                                   (t.checkpoints_dir() / "recovery").string(), ". fit(resume=True) continues."));
 }
@@ -322,12 +476,17 @@ void Trainer::Impl::run_epoch() {
   for (const auto& window : windows) {
     if (window.end_batch <= s.batch_cursor) continue;  // done before the resume point
     ENSTACK_ASSERT(window.first_batch == s.batch_cursor, "resume cursor is not at a step boundary");
-    const double loss = run_window(loader, window);
+    double loss = 0;
+    try {
+      loss = run_window(loader, window);
+    } catch (const c10::OutOfMemoryError& e) {
+      out_of_memory(e, window);
+    }
     auto grads = defined_grads(params);
     if (scaler.enabled()) scaler.unscale(grads);
     const double norm = clip_grad_norm(params, o.max_grad_norm);
     const bool skipped = scaler.enabled() && scaler.step_was_skipped();
-    const double lr = o.learning_rate * lr_multiplier(schedule, s.global_step, warmup, total_steps);
+    const double lr = learning_rate(s.global_step);
     if (!skipped) optimizer.step(lr);
     if (scaler.enabled()) scaler.update();
     optimizer.zero_grad();
@@ -342,24 +501,32 @@ void Trainer::Impl::run_epoch() {
       ++log_windows;
       after_step(lr, norm);
     }
+    report_saves();
     if (s.early_stopped) return;
     check_interrupt();
   }
   s.epoch += 1;
   s.batch_cursor = 0;
   s.epochs_completed = s.epoch;
+  if (swa && o.swa_every_steps == 0 && s.epoch >= swa_start_epoch(o)) update_swa();
   if (o.eval_strategy == "epoch") evaluate_and_track();
   // The last epoch's checkpoint is the run's final state; finish() need not write it again.
-  if (s.epoch >= o.epochs || s.early_stopped) s.finished = true;
+  if (s.epoch >= o.epochs || s.early_stopped) {
+    finalize_swa();
+    s.finished = true;
+  }
   save(step_name(s.global_step));
   check_interrupt();
 }
 
 FitResult Trainer::Impl::finish() {
   if (!s.finished) {  // stopped early inside an epoch
+    finalize_swa();
     s.finished = true;
     save(step_name(s.global_step));
   }
+  saver.flush();  // the final checkpoint is on disk (and mirrored) before fit returns
+  report_saves();
   result.global_step = s.global_step;
   result.epochs_completed = s.epochs_completed;
   result.early_stopped = s.early_stopped;
@@ -367,6 +534,7 @@ FitResult Trainer::Impl::finish() {
   result.best_eval = s.best_eval;
   result.best_metric = s.best_metric;
   if (s.best_step >= 0) result.best_dir = (t.checkpoints_dir() / "best").string();
+  fill_swa_result();
   emit({{"event", "end"}, {"result", result.to_json()}});
   return result;
 }
@@ -394,6 +562,8 @@ FitResult Trainer::fit(bool resume, const Callback& callback) {
     impl.result.best_metric = impl.s.best_metric;
     impl.result.last_eval = impl.s.last_eval;
     impl.result.best_eval = impl.s.best_eval;
+    if (impl.s.best_step >= 0) impl.result.best_dir = (checkpoints_dir() / "best").string();
+    impl.fill_swa_result();
     return impl.result;
   }
   impl.emit({{"event", "begin"}, {"step", impl.s.global_step}, {"total_steps", impl.total_steps},

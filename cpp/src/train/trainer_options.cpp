@@ -29,6 +29,10 @@ void TrainerOptions::validate() const {
   need(eval_strategy != "steps" || eval_steps >= 1, "train.eval_steps must be set with eval_strategy steps");
   need(save_total_limit >= 1, "train.save_total_limit must be at least 1");
   need(patience >= 0, "train.early_stopping.patience must not be negative");
+  need(best_model_dtype == "fp32" || best_model_dtype == "fp16", "train.best_model_dtype must be fp32 or fp16");
+  need(swa_start_epoch >= 0 && swa_start_epoch <= epochs, "train.swa.start_epoch must be in 1..epochs");
+  need(swa_every_steps >= 0, "train.swa.every_steps must not be negative");
+  need(swa_lr >= 0 && swa_lr < 1, "train.swa.lr must be in (0, 1)");
   need(precision != "fp16" || device.rfind("cuda", 0) == 0, "precision fp16 needs a CUDA device; use bf16 or fp32 on CPU");
   const std::string text = p.str();
   ENSTACK_CHECK(text.empty(), ConfigError, "invalid training options:", text);
@@ -69,6 +73,14 @@ TrainerOptions TrainerOptions::from_json(const nlohmann::json& j) {
     get("label_names", o.label_names);
     get("config_fingerprint", o.config_fingerprint);
     get("allow_changes", o.allow_changes);
+    get("mirror_dir", o.mirror_dir);
+    get("async_save", o.async_save);
+    get("save_coalesce", o.save_coalesce);
+    get("best_model_dtype", o.best_model_dtype);
+    get("swa_enabled", o.swa_enabled);
+    get("swa_start_epoch", o.swa_start_epoch);
+    get("swa_every_steps", o.swa_every_steps);
+    get("swa_lr", o.swa_lr);
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(util::str_cat("a training option has the wrong type: ", e.what()));
   }
@@ -79,7 +91,8 @@ nlohmann::json FitResult::to_json() const {
   return {{"global_step", global_step}, {"epochs_completed", epochs_completed}, {"early_stopped", early_stopped},
           {"resumed", resumed}, {"last_eval", last_eval}, {"best_eval", best_eval},
           {"best_metric", std::isnan(best_metric) ? nlohmann::json(nullptr) : nlohmann::json(best_metric)},
-          {"best_dir", best_dir}, {"last_checkpoint", last_checkpoint}};
+          {"best_dir", best_dir}, {"last_checkpoint", last_checkpoint}, {"swa_eval", swa_eval},
+          {"swa_dir", swa_dir}, {"swa_count", swa_count}, {"save_errors", save_errors}};
 }
 
 torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size, Output output) {

@@ -2,9 +2,12 @@
 #include "trainer_state.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/core/Generator.h>
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <mutex>
 
 #include "enstack/ckpt/checkpoint_dir.h"
@@ -20,6 +23,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kRngKey = "rng.cpu";
+constexpr const char* kCudaRngKey = "rng.cuda";
+constexpr const char* kSwaFile = "swa.safetensors";
 constexpr const char* kScalerPrefix = "scaler.";
 
 nlohmann::json nan_to_null(double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); }
@@ -33,7 +38,8 @@ nlohmann::json TrainerState::to_json() const {
           {"early_stopped", early_stopped}, {"best_metric", nan_to_null(best_metric)}, {"best_step", best_step},
           {"patience_counter", patience_counter}, {"num_threads", num_threads},
           {"train_fingerprint", train_fingerprint}, {"eval_fingerprint", eval_fingerprint},
-          {"config_fingerprint", config_fingerprint}, {"last_eval", last_eval}, {"best_eval", best_eval}};
+          {"config_fingerprint", config_fingerprint}, {"last_eval", last_eval}, {"best_eval", best_eval},
+          {"swa_count", swa_count}, {"swa_eval", swa_eval}};
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j) {
@@ -55,14 +61,18 @@ TrainerState TrainerState::from_json(const nlohmann::json& j) {
     s.config_fingerprint = j.at("config_fingerprint");
     s.last_eval = j.value("last_eval", nlohmann::json(nullptr));
     s.best_eval = j.value("best_eval", nlohmann::json(nullptr));
+    s.swa_count = j.value("swa_count", int64_t{0});
+    s.swa_eval = j.value("swa_eval", nlohmann::json(nullptr));
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(util::str_cat("trainer_state.json is incomplete (", e.what(), ")."));
   }
   return s;
 }
 
-void save_full_checkpoint(const fs::path& dir, const model::EncoderClassifier& model, const AdamW& optimizer,
-                          const GradScaler& scaler, const TrainerState& state, const nlohmann::json& options) {
+ckpt::Snapshot snapshot_full_checkpoint(const model::EncoderClassifier& model, const AdamW& optimizer,
+                                        const GradScaler& scaler, const SwaAverage* swa, const TrainerState& state,
+                                        const nlohmann::json& options, const torch::Device& device,
+                                        ckpt::BufferPool* pool) {
   std::map<std::string, torch::Tensor> extra = optimizer.state_tensors();
   for (auto& [name, tensor] : scaler.state_tensors()) extra.emplace(kScalerPrefix + name, tensor);
   {
@@ -70,17 +80,39 @@ void save_full_checkpoint(const fs::path& dir, const model::EncoderClassifier& m
     std::lock_guard<std::mutex> lock(generator.mutex());
     extra.emplace(kRngKey, generator.get_state());
   }
-  ckpt::CheckpointWriter writer(dir);
-  writer.add_json("config.json", model.config().to_json());
-  writer.add_tensors("model.safetensors", model::state_of(model));
-  writer.add_tensors("optimizer.safetensors", extra);
-  writer.add_json("trainer_state.json", {{"state", state.to_json()}, {"options", options}});
-  writer.commit(state.global_step, "full",
-                {{"epoch", state.epoch}, {"batch_cursor", state.batch_cursor}, {"finished", state.finished}});
+  if (device.is_cuda()) {
+    auto generator = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    extra.emplace(kCudaRngKey, generator.get_state());
+  }
+  ckpt::Snapshot snapshot(state.global_step, "full",
+                          {{"epoch", state.epoch}, {"batch_cursor", state.batch_cursor}, {"finished", state.finished}});
+  snapshot.add_json("config.json", model.config().to_json());
+  snapshot.add_tensors("model.safetensors", model::state_of(model), pool);
+  snapshot.add_tensors("optimizer.safetensors", extra, pool);
+  if (swa != nullptr && swa->count() > 0) snapshot.add_tensors(kSwaFile, swa->state_tensors(), pool);
+  snapshot.add_json("trainer_state.json", {{"state", state.to_json()}, {"options", options}});
+  return snapshot;
+}
+
+ckpt::Snapshot snapshot_model(const model::EncoderClassifier& model, int64_t step, bool fp16,
+                              const nlohmann::json& extra, ckpt::BufferPool* pool) {
+  auto weights = model::state_of(model);
+  auto config = model.config().to_json();
+  if (fp16) {
+    for (auto& [name, tensor] : weights) {
+      if (tensor.is_floating_point()) tensor = tensor.to(torch::kHalf);
+    }
+    config["torch_dtype"] = "float16";
+  }
+  ckpt::Snapshot snapshot(step, "model", extra);
+  snapshot.add_json("config.json", config);
+  snapshot.add_tensors("model.safetensors", weights, pool);
+  return snapshot;
 }
 
 TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier& model, AdamW& optimizer,
-                                  GradScaler& scaler) {
+                                  GradScaler& scaler, SwaAverage* swa, const torch::Device& device) {
   ckpt::verify(dir);
   model::SafetensorsReader weights(dir / "model.safetensors");
   model::StateMap state;
@@ -89,10 +121,12 @@ TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier&
 
   model::SafetensorsReader extra(dir / "optimizer.safetensors");
   std::map<std::string, torch::Tensor> optimizer_state, scaler_state;
-  torch::Tensor rng;
+  torch::Tensor rng, cuda_rng;
   for (const auto& name : extra.names()) {
     if (name == kRngKey) {
       rng = extra.tensor(name);
+    } else if (name == kCudaRngKey) {
+      cuda_rng = extra.tensor(name);
     } else if (name.rfind(kScalerPrefix, 0) == 0) {
       scaler_state.emplace(name.substr(std::string(kScalerPrefix).size()), extra.tensor(name));
     } else {
@@ -107,25 +141,52 @@ TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier&
     std::lock_guard<std::mutex> lock(generator.mutex());
     generator.set_state(rng);
   }
+  if (device.is_cuda()) {
+    if (cuda_rng.defined()) {
+      auto generator = at::globalContext().defaultGenerator(device);
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(cuda_rng);
+    } else {
+      ENSTACK_LOG_WARN(dir.string(), " holds no CUDA RNG state (it was saved on another device); dropout after "
+                       "the resume will differ from an uninterrupted run.");
+    }
+  }
   auto j = nlohmann::json::parse(util::read_file<CheckpointError>(dir / "trainer_state.json"), nullptr, false);
   ENSTACK_CHECK(!j.is_discarded() && j.contains("state"), CheckpointError, dir.string(),
                 "/trainer_state.json is not valid.");
-  return TrainerState::from_json(j["state"]);
+  TrainerState saved = TrainerState::from_json(j["state"]);
+  if (swa != nullptr && saved.swa_count > 0) {
+    ENSTACK_CHECK(fs::exists(dir / kSwaFile), CheckpointError, dir.string(), " records ", saved.swa_count,
+                  " SWA updates but has no ", kSwaFile, "; it is damaged, use an older checkpoint.");
+    model::SafetensorsReader average(dir / kSwaFile);
+    std::map<std::string, torch::Tensor> tensors;
+    for (const auto& name : average.names()) tensors.emplace(name, average.tensor(name, torch::kFloat).to(device));
+    swa->load_state_tensors(tensors, saved.swa_count);
+  }
+  return saved;
 }
 
-std::optional<fs::path> find_resume_checkpoint(const fs::path& checkpoints) {
-  auto latest = ckpt::latest_valid({checkpoints}, "step-");
-  const fs::path recovery = checkpoints / "recovery";
-  if (fs::exists(recovery)) {
+std::optional<fs::path> find_resume_checkpoint(const std::vector<fs::path>& roots) {
+  // step-* and recovery/ compete by manifest step; on a tie the earlier root (local) wins.
+  std::vector<std::tuple<int64_t, std::size_t, fs::path>> candidates;
+  for (std::size_t r = 0; r < roots.size(); ++r) {
+    for (auto& [step, path] : ckpt::list_by_step(roots[r], "step-")) candidates.emplace_back(step, r, path);
+    for (auto& [step, path] : ckpt::list_by_step(roots[r], "recovery")) candidates.emplace_back(step, r, path);
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) {
+    if (std::get<0>(a) != std::get<0>(b)) return std::get<0>(a) > std::get<0>(b);
+    if (std::get<1>(a) != std::get<1>(b)) return std::get<1>(a) < std::get<1>(b);
+    return std::get<2>(a) > std::get<2>(b);  // recovery before step-* of the same step: a fixed order
+  });
+  for (const auto& [step, root, path] : candidates) {
     try {
-      const auto manifest = ckpt::verify(recovery);
-      const int64_t latest_step = latest ? ckpt::verify(*latest).step : -1;
-      if (manifest.kind == "full" && manifest.step >= latest_step) return recovery;
+      const auto manifest = ckpt::verify(path);
+      if (manifest.kind == "full") return path;
     } catch (const CheckpointError& e) {
-      ENSTACK_LOG_WARN("ignoring the recovery checkpoint: ", e.what());
+      ENSTACK_LOG_WARN("skipping checkpoint ", path.string(), " (step ", step, "): ", e.what());
     }
   }
-  return latest;
+  return std::nullopt;
 }
 
 }  // namespace enstack::train

@@ -10,9 +10,11 @@
 #include <optional>
 #include <string>
 
+#include "enstack/ckpt/snapshot.h"
 #include "enstack/model/encoder_classifier.h"
 #include "enstack/train/adamw.h"
 #include "enstack/train/grad_scaler.h"
+#include "enstack/train/swa.h"
 
 namespace enstack::train {
 
@@ -30,21 +32,32 @@ struct TrainerState {
   int num_threads = 0;
   std::string train_fingerprint, eval_fingerprint, config_fingerprint;
   nlohmann::json last_eval = nullptr, best_eval = nullptr;
+  int64_t swa_count = 0;
+  nlohmann::json swa_eval = nullptr;
 
   nlohmann::json to_json() const;
   static TrainerState from_json(const nlohmann::json& j);
 };
 
-// Writes a full-state checkpoint into `dir` crash-consistently.
-void save_full_checkpoint(const std::filesystem::path& dir, const model::EncoderClassifier& model,
-                          const AdamW& optimizer, const GradScaler& scaler, const TrainerState& state,
-                          const nlohmann::json& options);
+// Copies the full training state into host memory (the only part of saving that
+// stalls training); ckpt::AsyncSaver writes it. `swa` may be null.
+ckpt::Snapshot snapshot_full_checkpoint(const model::EncoderClassifier& model, const AdamW& optimizer,
+                                        const GradScaler& scaler, const SwaAverage* swa, const TrainerState& state,
+                                        const nlohmann::json& options, const torch::Device& device,
+                                        ckpt::BufferPool* pool);
 
-// Restores model, optimizer, scaler and CPU RNG from `dir` and returns its state.
+// A model-only snapshot (best/, swa/): config.json + model.safetensors, in fp16 when asked.
+ckpt::Snapshot snapshot_model(const model::EncoderClassifier& model, int64_t step, bool fp16,
+                              const nlohmann::json& extra, ckpt::BufferPool* pool);
+
+// Restores model, optimizer, scaler, SWA average and RNG states (CPU, and CUDA when
+// training there) from `dir` and returns its state.
 TrainerState load_full_checkpoint(const std::filesystem::path& dir, model::EncoderClassifier& model,
-                                  AdamW& optimizer, GradScaler& scaler);
+                                  AdamW& optimizer, GradScaler& scaler, SwaAverage* swa,
+                                  const torch::Device& device);
 
-// The newest valid full checkpoint under `checkpoints` (step-* and recovery).
-std::optional<std::filesystem::path> find_resume_checkpoint(const std::filesystem::path& checkpoints);
+// The newest valid full checkpoint among the roots (the run's checkpoints/ first,
+// then its mirror): step-* and recovery directories, by manifest step.
+std::optional<std::filesystem::path> find_resume_checkpoint(const std::vector<std::filesystem::path>& roots);
 
 }  // namespace enstack::train

@@ -2,6 +2,7 @@
 // writes (temporary sibling, fsync, rename, fsync of the parent) and read-only
 // memory mappings.
 #include "enstack/util/files.h"
+#include "enstack/util/fault_injection.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -106,6 +107,7 @@ template std::string read_file<CheckpointError>(const std::filesystem::path&);
 
 AtomicFileWriter::AtomicFileWriter(std::filesystem::path path)
     : path_(std::move(path)), tmp_(temporary_sibling(path_)) {
+  if (const int injected = write_fault_for(path_)) throw_write_error(path_, "creating the temporary file", injected);
   fd_ = open_retrying(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd_ < 0) throw_write_error(path_, "creating the temporary file", errno);
 }
@@ -129,6 +131,7 @@ void AtomicFileWriter::write(const void* data, std::size_t size) {
 
 void AtomicFileWriter::write_at(uint64_t offset, const void* data, std::size_t size) {
   ENSTACK_ASSERT(fd_ >= 0 && !committed_, "write after commit or failure");
+  if (const int injected = write_fault_for(path_)) fail("write", injected);
   const auto* cursor = static_cast<const std::byte*>(data);
   std::size_t left = size;
   while (left > 0) {
@@ -147,6 +150,7 @@ void AtomicFileWriter::write_at(uint64_t offset, const void* data, std::size_t s
 
 void AtomicFileWriter::commit() {
   ENSTACK_ASSERT(fd_ >= 0 && !committed_, "commit twice or after failure");
+  if (const int injected = write_fault_for(path_)) fail("fsync", injected);
   if (::fsync(fd_) != 0) fail("fsync", errno);
   const int rc = ::close(fd_);
   fd_ = -1;

@@ -56,6 +56,8 @@ class CheckpointWriter {
                    const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
   void add_json(const std::string& name, const nlohmann::json& value);
   void add_bytes(const std::string& name, const std::string& bytes);
+  // Writes `size` bytes as file `name` (fsynced); the checksum is taken from memory.
+  void add_file(const std::string& name, const void* data, uint64_t size);
 
   // Writes the manifest and moves the directory into place. Throws enstack::Error on
   // I/O failure, leaving any previous checkpoint at final_dir intact.
@@ -64,12 +66,27 @@ class CheckpointWriter {
   const fs::path& temp_dir() const { return temp_; }
 
  private:
-  void record(const std::string& name);
   fs::path final_;
   fs::path temp_;
   std::vector<FileEntry> entries_;
   bool committed_ = false;
 };
+
+class Snapshot;
+
+// Writes a host-memory snapshot as a checkpoint directory (CheckpointWriter).
+fs::path write_snapshot(const Snapshot& snapshot, const fs::path& final_dir);
+
+// Copies a complete checkpoint to `final_dir` (e.g. on a mounted Drive) the same
+// crash-consistent way: into a temporary sibling, manifest last, verified against
+// the manifest, then renamed into place. Throws enstack::Error on failure, leaving
+// any previous copy at final_dir intact.
+Manifest copy_checkpoint(const fs::path& source, const fs::path& final_dir);
+
+// Moves a finished temporary directory to `final_dir`: fsyncs it, moves any
+// previous directory aside, renames, fsyncs the parent, deletes the previous one
+// (manifest first).
+void install_directory(const fs::path& temp, const fs::path& final_dir);
 
 // Reads and checks MANIFEST.json and every file it lists (existence, size, checksum).
 // Throws CheckpointError naming the first failed check.
@@ -85,7 +102,9 @@ std::vector<std::pair<int64_t, fs::path>> list_by_step(const fs::path& root, con
 std::optional<fs::path> latest_valid(const std::vector<fs::path>& roots, const std::string& prefix = "");
 
 // Deletes the oldest `prefix*` checkpoints beyond `keep` (the newest `keep` stay),
-// never one in `protect`, and only while the newest one verifies.
-void prune(const fs::path& root, const std::string& prefix, int keep, const std::vector<fs::path>& protect = {});
+// never one in `protect`, and only while the newest one verifies (not checked again
+// when it is `newest_verified`, e.g. the checkpoint just written from memory).
+void prune(const fs::path& root, const std::string& prefix, int keep, const std::vector<fs::path>& protect = {},
+           const fs::path& newest_verified = {});
 
 }  // namespace enstack::ckpt

@@ -60,6 +60,29 @@ class SafetensorsReader {
   std::map<std::string, std::string> metadata_;
 };
 
+// A safetensors file laid out for a set of tensors without copying them yet: the
+// header bytes (length prefix, JSON, padding to 8) and each tensor's place. fill()
+// copies the tensors into a caller-owned buffer (e.g. a reused, pinned snapshot
+// buffer), so a checkpoint costs one device->host copy and no re-serialisation.
+class SafetensorsImage {
+ public:
+  // Throws ModelError (naming `path_for_errors`) for a reserved name, an undefined,
+  // sparse or unsupported-dtype tensor, or names that are not UTF-8.
+  SafetensorsImage(const std::map<std::string, torch::Tensor>& tensors,
+                   const std::map<std::string, std::string>& metadata,
+                   const std::filesystem::path& path_for_errors);
+  uint64_t size() const { return header_.size() + data_bytes_; }  // the whole file
+  // Writes the file's bytes into dst[0, size()). With non_blocking, device tensors are
+  // copied asynchronously into (pinned) dst; the caller synchronizes before reading it.
+  void fill(std::byte* dst, bool non_blocking = false) const;
+
+ private:
+  std::string header_;
+  uint64_t data_bytes_ = 0;
+  std::vector<torch::Tensor> tensors_;  // in header order; not copied until fill()
+  std::vector<uint64_t> offsets_;
+};
+
 // Writes tensors (any device, contiguous or not; F32/F16/BF16/F64/I64/I32/I16/I8/U8/BOOL)
 // to `path` atomically (util::write_file_atomic). Names are written sorted; the data
 // section starts 8-byte aligned. Throws ModelError for an unsupported dtype.

@@ -54,6 +54,16 @@ struct TrainerOptions {
   std::vector<std::string> label_names;
   std::string config_fingerprint;  // of the run's configuration; a resume with another is refused
   bool allow_changes = false;      // accept a changed dataset/config on resume, knowingly
+  // Saving (see enstack/ckpt/async_saver.h)
+  std::string mirror_dir;          // a second root (e.g. Drive) receiving verified copies; "" for none
+  bool async_save = true;          // write checkpoints on a background thread
+  bool save_coalesce = true;       // a save point during a running save replaces a queued one, else waits
+  std::string best_model_dtype = "fp32";  // fp32 | fp16: dtype of best/ and swa/ weights
+  // Stochastic weight averaging
+  bool swa_enabled = false;
+  int64_t swa_start_epoch = 0;     // 1-based; 0: at 75% of the epochs
+  int64_t swa_every_steps = 0;     // 0: update once at the end of each epoch
+  double swa_lr = 0.0;             // > 0: anneal the learning rate to it over one epoch from the SWA start
 
   void validate() const;  // throws ConfigError listing every problem
   static TrainerOptions from_json(const nlohmann::json& j);
@@ -68,6 +78,10 @@ struct FitResult {
   nlohmann::json best_eval;
   double best_metric = 0.0;
   std::string best_dir, last_checkpoint;
+  nlohmann::json swa_eval;   // metrics of the SWA model (null without SWA or evaluation data)
+  std::string swa_dir;
+  int64_t swa_count = 0;
+  int64_t save_errors = 0;   // saves that failed during this fit (training went on)
   nlohmann::json to_json() const;
 };
 
