@@ -13,23 +13,20 @@ from pathlib import Path
 
 
 def _mirror_of(args: argparse.Namespace):
-    """--mirror, else the config's run.mirror_dir, else the one recorded in the newest checkpoint."""
+    """--mirror, else run.mirror_dir of --config, else of the run's saved <run_dir>/config.yaml."""
     if args.mirror:
         return args.mirror
     if args.config:
         import enstack
 
         return enstack.load_config(args.config, overrides=args.set).run.mirror_dir
-    from enstack import ckpt_tools
+    import yaml
 
-    for row in reversed(ckpt_tools.list_run(args.run_dir)):
-        try:
-            options = json.loads((Path(row["path"]) / "trainer_state.json").read_text()).get("options", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(options, dict) and options.get("mirror_dir"):
-            return options["mirror_dir"]
-    return None
+    try:
+        saved = yaml.safe_load((Path(args.run_dir) / "config.yaml").read_text()) or {}
+        return (saved.get("run") or {}).get("mirror_dir")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -89,7 +86,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
     p = acts.add_parser("list", help="every checkpoint of a run (and its mirror): step, position, valid or why not")
     p.add_argument("run_dir", help="the run's output_dir (holds checkpoints/)")
-    p.add_argument("--mirror", default=None, help="the run's mirror_dir (default: from --config or the checkpoints)")
+    p.add_argument("--mirror", default=None, help="the run's mirror_dir (default: from --config, else from the "
+                   "run's config.yaml)")
     p.add_argument("--config", nargs="*", default=None, help="the run's YAML config(s), to find run.mirror_dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override for --config")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -189,6 +189,15 @@ def _old_position(src: Dict[str, Any], windows_per_epoch: int) -> Tuple[int, flo
     return epoch - 1, step / total
 
 
+def _check_labels(old: Dict[str, Any], new: Dict[str, Any]) -> None:
+    """The classifier's rows follow label indices; warn when the old run named them differently."""
+    names = [str(v) for _, v in sorted((old.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
+    ours = [str(v) for _, v in sorted((new.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
+    if names and names != [f"LABEL_{i}" for i in range(len(names))] and names != ours:
+        log.warning("the old run's labels %s differ from this run's %s; class i of the old head continues as "
+                    "this run's class i, so check that the orders mean the same classes", names, ours)
+
+
 def import_checkpoint(source: PathLike, cfg, progress: bool = False) -> Path:
     """Writes ``source`` as the first checkpoint of the run ``cfg`` describes and returns its path."""
     from enstack import ckpt_tools
@@ -200,14 +209,15 @@ def import_checkpoint(source: PathLike, cfg, progress: bool = False) -> Path:
     src_dir = Path(source)
     src = _read_source(src_dir)
     checkpoints = Path(cfg.run.output_dir) / "checkpoints"
-    existing = [p for p in (_ckpt.latest_valid([str(checkpoints)], "step-"), checkpoints / "recovery")
-                if p is not None and Path(p).is_dir()]
-    if existing:
-        raise ConfigError(f"the run {cfg.run.output_dir} already has checkpoints ({existing[0]}); import into a "
-                          "new run.output_dir so the imported state is the one that resumes.")
+    roots = [checkpoints] + ([Path(cfg.run.mirror_dir) / "checkpoints"] if cfg.run.mirror_dir else [])
+    existing = ckpt_tools.resume_candidate(roots)
+    if existing is not None:
+        raise ConfigError(f"the run already has a checkpoint that would resume instead ({existing}); import into "
+                          "a new run.output_dir (and mirror_dir) so the imported state is the one that resumes.")
     trainer = Trainer(cfg)
     trainer._setup(progress)  # the exact model, token stores and options that fit(resume=True) will use
     src_model = es_model.load(src_dir)
+    _check_labels(es_model.config_of(src_model), es_model.config_of(trainer.model))
     weights = {k: v.detach().float().contiguous() for k, v in src_model.state_dict().items()}
     target = trainer.model.state_dict()
     wrong = sorted(k for k in set(weights) | set(target)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import enstack
@@ -199,10 +200,10 @@ def test_inspect_and_verify_never_crash_on_damaged_input(finished_run, tmp_path)
 def test_list_shows_every_checkpoint_of_the_run_and_its_mirror(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path)
     os.remove(step_dir(run, 10) / "optimizer.safetensors")
-    mirror = tmp_path / "drive"
-    shutil.copytree(step_dir(run, 5), mirror / "step-00000005")
-    shutil.copytree(step_dir(run, 15), mirror / "step-00000015")
-    os.truncate(mirror / "step-00000015" / "model.safetensors", 100)
+    mirror = tmp_path / "drive"  # run.mirror_dir; the trainer mirrors into <mirror_dir>/checkpoints
+    shutil.copytree(step_dir(run, 5), mirror / "checkpoints" / "step-00000005")
+    shutil.copytree(step_dir(run, 15), mirror / "checkpoints" / "step-00000015")
+    os.truncate(mirror / "checkpoints" / "step-00000015" / "model.safetensors", 100)
     assert cli.main(["ckpt", "list", str(run), "--mirror", str(mirror), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sorted((r["where"], r["name"]) for r in rows) == sorted(
@@ -219,7 +220,10 @@ def test_list_shows_every_checkpoint_of_the_run_and_its_mirror(finished_run, tmp
     assert not by[("mirror", "step-00000015")]["valid"] and "truncated" in by[("mirror", "step-00000015")]["why"]
     assert [k for k, r in by.items() if r["resume"]] == [("local", "step-00000018")]
     assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)  # oldest first
-    assert cli.main(["ckpt", "list", str(run), "--mirror", str(mirror)]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # the run's own config names its mirror
+    saved["run"]["mirror_dir"] = str(mirror)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert cli.main(["ckpt", "list", str(run)]) == 0
     table = capsys.readouterr().out
     assert "<- resume starts here" in table and table.count("INVALID") == 2 and table.count("valid") >= 6
 
@@ -326,6 +330,10 @@ def test_import_of_a_transformers_trainer_checkpoint_resumes_with_its_weights_an
     assert begin["resumed"] is True and begin["step"] == 4 and begin["epoch"] == 0
     assert begin["batch_cursor"] == round(hf_epoch * 17) == 8  # 4 steps x 2 batches of 17
     assert result.global_step == 18
+    imported = ckpt_tools.inspect(out)["state"]["imported_from"]
+    assert imported["format"] == "transformers Trainer" and imported["global_step"] == 4
+    with pytest.raises(enstack.ConfigError, match="already has a checkpoint"):
+        ckpt_import.import_checkpoint(source, cfg)
 
 
 def test_import_of_an_earlier_pipeline_checkpoint(data_files, tmp_path):
