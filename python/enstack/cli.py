@@ -197,6 +197,7 @@ def _build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=_data_stats)
     __import__("enstack._cli_ckpt", fromlist=["register"]).register(sub)  # enstack ckpt ...
     __import__("enstack._cli_run", fromlist=["register"]).register(sub)  # enstack eval, predict, bench
+    __import__("enstack._cli_stack", fromlist=["register"]).register(sub)  # enstack stack
     return parser
 
 
