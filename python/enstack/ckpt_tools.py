@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from enstack._C import CheckpointError
 from enstack._C import ckpt as _ckpt
-from enstack.ckpt_verify import (STATE_KEYS, check_files, check_manifest, read_json, read_manifest,
+from enstack.ckpt_verify import (STATE_KEYS, check_files, check_manifest, foreign_hint, read_json, read_manifest,
                                  read_safetensors, section, verify)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -74,7 +74,7 @@ def inspect(path: PathLike) -> Dict[str, Any]:
     problems.extend(found)
     if manifest is not None:
         report.update(kind=manifest.get("kind"), step=manifest.get("step"), extra=manifest.get("extra"))
-    doc = read_json(path / "trainer_state.json", problems)
+    doc = None if foreign_hint(path) else read_json(path / "trainer_state.json", problems)
     if doc is not None:
         state, options = section(doc, "state"), section(doc, "options")
         missing = [k for k in STATE_KEYS if k not in state]

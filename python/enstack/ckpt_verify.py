@@ -26,7 +26,7 @@ from enstack._C import ckpt as _ckpt
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["check_files", "check_manifest", "read_json", "read_manifest", "read_safetensors", "section", "verify"]
+__all__ = ["check_files", "check_manifest", "foreign_hint", "read_json", "read_manifest", "read_safetensors", "section", "verify"]
 
 MANIFEST = "MANIFEST.json"
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -184,6 +184,17 @@ def check_files(path: PathLike, manifest: Optional[Dict[str, Any]], verified: bo
 _FINE = ("ok", "not in the manifest (ignored)", "unverifiable")
 
 
+def foreign_hint(path: Path) -> Optional[str]:
+    """A hint when ``path`` is a Hugging Face / earlier-pipeline checkpoint rather than enstack's."""
+    if (path / MANIFEST).exists() or not path.is_dir():
+        return None
+    markers = ("optimizer.pt", "training_state.pth", "pytorch_model.bin", "training_args.bin")
+    if any((path / m).is_file() for m in markers):
+        return (f"{path} looks like a Hugging Face Trainer or earlier-pipeline checkpoint, not an enstack one: "
+                "continue it with `enstack ckpt import DIR CONFIG`")
+    return None
+
+
 def check_manifest(path: PathLike) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]], List[str]]:
     """(manifest, per-file rows, problems). The C++ manifest check (the one resume uses) is the
     verdict; when it fails, the manifest is read leniently and each file gets its own status."""
@@ -202,7 +213,8 @@ def check_manifest(path: PathLike) -> Tuple[Optional[Dict[str, Any]], List[Dict[
     except OSError as e:
         problems.append(f"cannot list the files ({e})")
     problems.extend(f"{r['name']}: {r['status']}" for r in rows if r["status"] not in _FINE)
-    return manifest, rows, problems
+    hint = foreign_hint(path)
+    return manifest, rows, problems + ([hint] if hint else [])
 
 
 def section(doc: Dict[str, Any], key: str) -> Dict[str, Any]:

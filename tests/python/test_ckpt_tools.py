@@ -322,6 +322,7 @@ def test_import_of_a_transformers_trainer_checkpoint_resumes_with_its_weights_an
     trainer.train()
     source = tmp_path / "hf" / "checkpoint-4"
     assert (source / "optimizer.pt").is_file() and (source / "model.safetensors").is_file()
+    assert any("enstack ckpt import" in p for p in ckpt_tools.verify(source)["problems"])  # not ours: a hint
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     out = _import_and_check(source, cfg, hf, optimizer)
     assert out == step_dir(tmp_path / "run", 4)
