@@ -1,6 +1,6 @@
 # The README's commands. Each target sets up what it needs, idempotently:
 #   make setup   system packages, .venv with torch==2.13.0, the editable build (with C++ tests)
-#   make demo    the main job on the embedded default data
+#   make demo    the main job on the embedded default data: three base models, then EnStack
 #   make test    every test: C++ (ctest) and Python (pytest)
 #   make build   incremental rebuild of the C++ core into the editable install
 #   make bench   benchmarks (ratios against references measured in the same run)
@@ -54,6 +54,9 @@ demo: setup
 	$(VENV)/bin/enstack data prepare configs/demo.yaml
 	$(VENV)/bin/enstack data stats runs/demo/data/train.tokens
 	$(VENV)/bin/enstack train configs/demo.yaml
+	$(VENV)/bin/enstack train configs/demo-sp500.yaml
+	$(VENV)/bin/enstack train configs/demo-deep.yaml
+	$(VENV)/bin/enstack stack configs/demo-stack.yaml
 
 test-cpp: setup
 	$(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure --no-tests=error -j $(JOBS)

@@ -447,11 +447,18 @@ def test_end_to_end_with_real_base_models_paper_then_oof(tmp_path, capsys):
     redone = trainer.write_predictions(["test"])["test"]
     assert json.loads((pred_dir / "test.json").read_text())["checkpoint"]["step"] == index["checkpoint"]["step"] - 1
     np.testing.assert_array_equal(redone.probabilities, again.probabilities)
+    with_logits = trainer.write_predictions(["test"], logits=True)["test"]  # files without logits are redone
+    logits = np.load(pred_dir / "test.logits.npy", allow_pickle=False)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(soft / soft.sum(axis=1, keepdims=True), with_logits.probabilities, atol=1e-5)
 
     # oof: fold models on K-1 folds of train+validation, never predicting their own training rows
-    report = enstack.stack(tmp_path / "stack.yaml", {"stack.protocol": "oof", "stack.folds": 2,
+    report = enstack.stack(tmp_path / "stack.yaml", {"stack.protocol": "oof", "stack.folds": 2, "stack.features": "both",
                                                       "run.output_dir": str(tmp_path / "runs" / "oof")}, progress=False)
     assert report.protocol == "oof" and report.checkpoint == "final"
+    meta = load_meta_model(tmp_path / "runs" / "oof" / "meta" / "a+b" / "lr")
+    assert len(meta.feature_names) == 2 * 2 * 5 and meta.features == "both"
+    assert [c["fold"] for c in meta.info["base_checkpoints"]["b"]] == [0, 1]
     for name in ("a", "b"):
         pool = []
         for fold in range(2):

@@ -112,6 +112,9 @@ def out_of_fold(models: Sequence[str], pool: Pool, test: Pool, folds: int, seed:
     if set(pool.ids) & set(test.ids):
         raise DataError("the oof pool (train + validation) and the test split share example ids.")
     n, c = len(pool.ids), len(pool.label_names)
+    if len(set(pool.ids)) != n or len(pool.labels) != n:
+        raise DataError("the oof pool's example ids are not unique (or not one label per id); give the data an id "
+                        "column (data.id_column) whose values are unique across train and validation.")
     heldout_sets = plan_folds(pool.labels, folds, seed)
     everything = np.arange(n)
     train_out = {m: {k: np.full((n, c), np.nan) for k in kinds} for m in models}
