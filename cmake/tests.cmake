@@ -19,6 +19,9 @@ enstack_add_test_binary(util
   tests/cpp/util/files_test.cpp
   tests/cpp/util/logging_test.cpp
 )
+enstack_add_test_binary(ckpt
+  tests/cpp/ckpt/async_saver_test.cpp
+)
 enstack_add_test_binary(data
   tests/cpp/data/bpe_tokenizer_test.cpp
   tests/cpp/data/epoch_plan_test.cpp

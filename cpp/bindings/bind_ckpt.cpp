@@ -7,9 +7,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+
 #include "bindings.h"
 #include "json_bridge.h"
+#include "enstack/ckpt/async_saver.h"
 #include "enstack/ckpt/checkpoint_dir.h"
+#include "enstack/ckpt/snapshot.h"
 
 namespace py = pybind11;
 
@@ -39,6 +43,57 @@ void bind_ckpt(py::module_& m) {
       }, py::arg("step"), py::arg("kind") = "full", py::arg("extra") = py::none())
       .def_property_readonly("temp_dir", &CheckpointWriter::temp_dir);
 
+  using ckpt::AsyncSaver;
+  py::class_<AsyncSaver>(m, "AsyncSaver",
+      "Writes checkpoint snapshots on a background thread and mirrors them (enstack/ckpt/async_saver.h).")
+      .def(py::init([](bool coalesce, const std::string& mirror_root, int keep_steps, bool synchronous) {
+             ckpt::AsyncSaverOptions o;
+             o.coalesce = coalesce;
+             o.mirror_root = mirror_root;
+             o.keep_steps = keep_steps;
+             o.synchronous = synchronous;
+             return std::make_unique<AsyncSaver>(o);
+           }),
+           py::arg("coalesce") = true, py::arg("mirror_root") = "", py::arg("keep_steps") = 2,
+           py::arg("synchronous") = false)
+      .def("save",
+           [](AsyncSaver& saver, const std::filesystem::path& final_dir, int64_t step,
+              const std::map<std::string, std::map<std::string, torch::Tensor>>& tensor_files,
+              const std::map<std::string, py::object>& json_files) {
+             // Returns (seconds the caller was stalled: snapshot + any wait, seconds waited).
+             std::map<std::string, nlohmann::json> jsons;
+             for (const auto& [name, value] : json_files) jsons.emplace(name, json_of(value));
+             py::gil_scoped_release release;
+             const auto start = std::chrono::steady_clock::now();
+             ckpt::Snapshot snapshot(step, "full");
+             for (const auto& [name, value] : jsons) snapshot.add_json(name, value);
+             for (const auto& [name, tensors] : tensor_files) snapshot.add_tensors(name, tensors, &saver.pool());
+             const double waited = saver.submit(std::move(snapshot), final_dir);
+             const double stalled =
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+             return std::make_pair(stalled, waited);
+           },
+           py::arg("final_dir"), py::arg("step"), py::arg("tensor_files"),
+           py::arg("json_files") = std::map<std::string, py::object>{})
+      .def("flush", [](AsyncSaver& saver) {
+        py::gil_scoped_release release;
+        saver.flush();
+      })
+      .def("drain", [](AsyncSaver& saver) {
+        py::list out;
+        for (const auto& e : saver.drain()) {
+          py::dict d;
+          d["event"] = ckpt::SaveEvent::name(e.kind);
+          d["path"] = e.path;
+          d["step"] = e.step;
+          d["error"] = e.error;
+          d["seconds"] = e.seconds;
+          d["bytes"] = e.bytes;
+          out.append(d);
+        }
+        return out;
+      });
+
   m.def("verify", [](const std::filesystem::path& dir) {
     ckpt::Manifest manifest;
     {
@@ -47,6 +102,10 @@ void bind_ckpt(py::module_& m) {
     }
     return python_of(manifest.to_json());
   }, py::arg("dir"), "Checks MANIFEST.json and every file's size and checksum; returns the manifest.");
+  m.def("file_checksum", [](const std::filesystem::path& file) {
+    py::gil_scoped_release release;
+    return ckpt::file_checksum(file);
+  }, py::arg("file"), "The checksum a MANIFEST.json records for a file (FNV-1a 64, hex).");
   m.def("list_by_step", &ckpt::list_by_step, py::arg("root"), py::arg("prefix") = "");
   m.def("latest_valid", [](const std::vector<std::filesystem::path>& roots, const std::string& prefix) {
     py::gil_scoped_release release;

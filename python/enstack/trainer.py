@@ -47,6 +47,10 @@ class FitResult:
     last_checkpoint: str
     swa_eval: Optional[Dict[str, Any]] = None
     swa_dir: Optional[str] = None
+    #: SWA snapshots averaged (0 without SWA).
+    swa_count: int = 0
+    #: Checkpoint saves that failed during this fit (reported as they happened; training went on).
+    save_errors: int = 0
     #: Result keys of a newer core that this class does not name yet (kept, not dropped).
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -126,6 +130,10 @@ class Trainer:
             "group_by_length": self.cfg.data.group_by_length, "pad_id": pad_id,
             "max_length": self.cfg.model.max_length, "label_names": label_names,
             "config_fingerprint": self.cfg.fingerprint(), "allow_changes": allow_changes,
+            "mirror_dir": str(r.mirror_dir) if r.mirror_dir else "", "save_coalesce": t.save_coalesce,
+            "best_model_dtype": t.best_model_dtype, "swa_enabled": t.swa.enabled,
+            "swa_start_epoch": t.swa.start_epoch or 0, "swa_every_steps": t.swa.every_steps or 0,
+            "swa_lr": t.swa.lr or 0.0,
         }
 
     def _setup(self, progress: bool, allow_changes: Optional[bool] = None):

@@ -96,8 +96,13 @@ Manifest Manifest::from_json(const nlohmann::json& j, const fs::path& where) {
     m.step = j.at("step").get<int64_t>();
     m.kind = j.at("kind").get<std::string>();
     for (const auto& f : j.at("files")) {
-      m.files.push_back({f.at("name").get<std::string>(), f.at("size").get<uint64_t>(),
-                         f.at("fnv1a64").get<std::string>()});
+      const std::string name = f.at("name").get<std::string>();
+      // Plain file names only: a name with a separator or ".." would reach outside the checkpoint.
+      if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+          name.find('\\') != std::string::npos || name.find('\0') != std::string::npos) {
+        throw bad(util::str_cat("lists the file name '", name, "', which is not a plain file name"));
+      }
+      m.files.push_back({name, f.at("size").get<uint64_t>(), f.at("fnv1a64").get<std::string>()});
     }
     m.extra = j.value("extra", nlohmann::json::object());
     return m;
@@ -219,6 +224,11 @@ fs::path CheckpointWriter::commit(int64_t step, const std::string& kind, const n
   install_directory(temp_, final_);
   committed_ = true;
   return final_;
+}
+
+std::string file_checksum(const fs::path& file) {
+  uint64_t size = 0;
+  return checksum_of(file, size);
 }
 
 Manifest verify(const fs::path& dir) {

@@ -51,6 +51,7 @@ void Snapshot::add_tensors(const std::string& name, const std::map<std::string, 
   SnapshotFile file;
   file.name = name;
   file.size = image.size();
+  file.reusable = true;
   file.buffer = pool != nullptr
                     ? pool->take(file.size, on_device)
                     : torch::empty({static_cast<int64_t>(file.size)},
@@ -88,7 +89,7 @@ uint64_t Snapshot::bytes() const {
 
 void Snapshot::recycle(BufferPool& pool) {
   for (auto& f : files_) {
-    if (f.size > (1u << 20)) pool.give(std::move(f.buffer));  // small JSON buffers are not worth keeping
+    if (f.reusable) pool.give(std::move(f.buffer));
   }
   files_.clear();
 }

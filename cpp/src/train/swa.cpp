@@ -1,7 +1,10 @@
 // SWA running average (see enstack/train/swa.h).
 #include "enstack/train/swa.h"
 
+#include <ATen/ops/_foreach_add.h>
+#include <ATen/ops/_foreach_div.h>
 #include <ATen/ops/_foreach_lerp.h>
+#include <ATen/ops/_foreach_sub.h>
 
 #include <sstream>
 
@@ -21,11 +24,21 @@ SwaAverage::SwaAverage(const std::vector<std::pair<std::string, torch::Tensor>>&
 
 void SwaAverage::update() {
   torch::NoGradGuard no_grad;
+  if (live_.empty()) {
+    ++count_;
+    return;
+  }
   if (count_ == 0) {
     for (std::size_t i = 0; i < live_.size(); ++i) average_[i].copy_(live_[i]);
-  } else {
-    // avg + (p - avg) / (n + 1), as AveragedModel's default; one fused kernel for all tensors.
+  } else if (average_.front().is_cuda()) {
+    // As AveragedModel on devices with foreach kernels: one fused lerp by 1 / (n + 1).
     at::_foreach_lerp_(average_, live_, 1.0 / static_cast<double>(count_ + 1));
+  } else {
+    // As AveragedModel on CPU: avg + (p - avg) / (n + 1), rounded in that order (a lerp
+    // rounds differently, by up to ~1e-6 relative), still as foreach ops over all tensors.
+    auto delta = at::_foreach_sub(live_, average_);
+    at::_foreach_div_(delta, at::Scalar(static_cast<double>(count_ + 1)));
+    at::_foreach_add_(average_, delta);
   }
   ++count_;
 }

@@ -210,7 +210,9 @@ struct Trainer::Impl {
 nlohmann::json Trainer::Impl::options_json() const {
   return {{"epochs", o.epochs}, {"batch_size", o.batch_size}, {"grad_accum", o.grad_accum},
           {"learning_rate", o.learning_rate}, {"seed", o.seed}, {"precision", o.precision},
-          {"lr_schedule", o.lr_schedule}, {"total_steps", total_steps}, {"warmup_steps", warmup}};
+          {"lr_schedule", o.lr_schedule}, {"total_steps", total_steps}, {"warmup_steps", warmup},
+          {"train_examples", t.train_->size()}, {"batches_per_epoch", (t.train_->size() + o.batch_size - 1) / o.batch_size},
+          {"steps_per_epoch", windows_per_epoch}, {"swa_enabled", o.swa_enabled}};
 }
 
 void Trainer::Impl::begin(bool resume) {
@@ -251,6 +253,10 @@ void Trainer::Impl::begin(bool resume) {
   ENSTACK_LOG_INFO("resuming from ", found->string(), ": epoch ", s.epoch + 1, "/", o.epochs, ", batch ",
                    s.batch_cursor, "/", batches, " (", util::str_cat(std::round(1000.0 * s.batch_cursor / batches) / 10),
                    "%), ", batches - s.batch_cursor, " to go; optimizer step ", s.global_step);
+  if (!s.imported_from.is_null()) {
+    ENSTACK_LOG_INFO("this run continues a checkpoint imported from ", s.imported_from.value("path", std::string("?")),
+                     "; the data order before the import is not the one enstack replays");
+  }
 }
 
 double Trainer::Impl::run_window(data::Loader& loader, const data::StepWindow& window) {

@@ -34,6 +34,7 @@ struct TrainerState {
   nlohmann::json last_eval = nullptr, best_eval = nullptr;
   int64_t swa_count = 0;
   nlohmann::json swa_eval = nullptr;
+  nlohmann::json imported_from = nullptr;  // set by `enstack ckpt import`; carried along unchanged
 
   nlohmann::json to_json() const;
   static TrainerState from_json(const nlohmann::json& j);

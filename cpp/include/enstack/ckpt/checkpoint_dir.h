@@ -88,6 +88,9 @@ Manifest copy_checkpoint(const fs::path& source, const fs::path& final_dir);
 // (manifest first).
 void install_directory(const fs::path& temp, const fs::path& final_dir);
 
+// The checksum a manifest records for `file` (FNV-1a 64, hex).
+std::string file_checksum(const fs::path& file);
+
 // Reads and checks MANIFEST.json and every file it lists (existence, size, checksum).
 // Throws CheckpointError naming the first failed check.
 Manifest verify(const fs::path& dir);

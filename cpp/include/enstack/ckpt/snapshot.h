@@ -37,6 +37,7 @@ struct SnapshotFile {
   std::string name;
   torch::Tensor buffer;  // uint8, holds at least `size` bytes
   uint64_t size = 0;
+  bool reusable = false;  // a tensor buffer, worth handing back to the pool
   const std::byte* data() const { return static_cast<const std::byte*>(buffer.data_ptr()); }
 };
 

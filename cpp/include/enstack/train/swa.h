@@ -2,8 +2,9 @@
 // average of the model's floating-point parameters, numerically as
 // torch.optim.swa_utils.AveragedModel with its default averaging: the first
 // update copies, the n-th sets avg += (p - avg) / n. The average lives on the
-// training device in fp32 and is updated with one fused foreach op
-// (_foreach_lerp_) over all parameters.
+// training device in fp32 and is updated with foreach ops over all parameters:
+// on CUDA one fused _foreach_lerp_, on CPU sub/div/add, because that is what
+// AveragedModel itself does on each device (the two round differently).
 //
 // The encoders here normalise with LayerNorm only (no BatchNorm running
 // statistics), so the averaged weights need no update_bn pass.
