@@ -54,7 +54,7 @@ demo: setup
 	$(VENV)/bin/enstack data prepare configs/demo.yaml
 	$(VENV)/bin/enstack data stats runs/demo/data/train.tokens
 	$(VENV)/bin/enstack train configs/demo.yaml
-	$(VENV)/bin/enstack train configs/demo-sp500.yaml
+	$(VENV)/bin/enstack train configs/demo-sp2000.yaml
 	$(VENV)/bin/enstack train configs/demo-deep.yaml
 	$(VENV)/bin/enstack stack configs/demo-stack.yaml
 

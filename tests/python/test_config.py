@@ -106,7 +106,7 @@ def test_demo_yaml_is_small_and_self_contained():
 
 def test_every_shipped_yaml_is_covered_and_loads():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")}
-    demos = {"demo.yaml", "demo-sp500.yaml", "demo-deep.yaml"}  # the EnStack demo's base models
+    demos = {"demo.yaml", "demo-sp2000.yaml", "demo-deep.yaml"}  # the EnStack demo's base models
     covered = {"defaults.yaml", "demo-stack.yaml"} | demos | {f"{p}.yaml" for p in PRESETS} | {f"models/{m}.yaml" for m in MODELS}
     assert shipped == covered
     for name in sorted(shipped - {"demo-stack.yaml"}):
@@ -114,7 +114,7 @@ def test_every_shipped_yaml_is_covered_and_loads():
         load_config([CONFIGS / name] if standalone else [CONFIGS / "defaults.yaml", CONFIGS / name])
     from enstack.stacking import load_stack_config  # a stacking config, not a training one
 
-    assert list(load_stack_config(CONFIGS / "demo-stack.yaml").base_configs()) == ["demo", "demo-sp500", "demo-deep"]
+    assert list(load_stack_config(CONFIGS / "demo-stack.yaml").base_configs()) == ["demo", "demo-sp2000", "demo-deep"]
 
 
 # ---------------------------------------------------------------- composition

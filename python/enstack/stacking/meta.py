@@ -71,7 +71,9 @@ def make_classifier(name: str, num_classes: int, seed: int, n_jobs: int = 1):
     if name == "xgboost":
         from xgboost import XGBClassifier
 
-        return XGBClassifier(n_estimators=100, learning_rate=0.1, max_depth=6, random_state=seed, n_jobs=n_jobs,
+        # One thread: histogram sums in another thread count could round differently, and the
+        # table must not depend on the machine. The meta data is small (one row per validation function).
+        return XGBClassifier(n_estimators=100, learning_rate=0.1, max_depth=6, random_state=seed, n_jobs=1,
                              eval_metric="mlogloss" if num_classes > 2 else "logloss", tree_method="hist")
     raise ConfigError(f"unknown meta-classifier {name!r}; use lr, svm, rf or xgboost.")
 
