@@ -221,3 +221,28 @@ def test_sigkill_at_random_moments_always_resumes_and_ends_bitwise_equal(data_fi
             ckpt.verify(path)
         rounds += 1
     assert kills >= KILLS
+
+
+# -- out of memory --------------------------------------------------------------------------------
+
+def test_out_of_memory_writes_recovery_with_advice_and_resumes_exactly(data_files, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    enstack.Trainer(config(data_files, straight)).fit(resume=False, progress=False, tensorboard=False, plots=False)
+    out = tmp_path / "run"
+    monkeypatch.setenv("ENSTACK_INJECT_OOM_AT_STEP", "7")
+    with pytest.raises(enstack.Error) as raised:
+        enstack.Trainer(config(data_files, out)).fit(resume=False, progress=False, tensorboard=False, plots=False)
+    message = str(raised.value)
+    assert "out of memory at optimizer step 7" in message
+    for advice in ("train.batch_size", "train.grad_accum", "model.max_length", "fp16", "recovery"):
+        assert advice in message, advice
+    assert ckpt.verify(out / "checkpoints" / "recovery")["step"] == 6
+    monkeypatch.delenv("ENSTACK_INJECT_OOM_AT_STEP")
+    begin = []
+    enstack.Trainer(config(data_files, out)).fit(resume=True, progress=False, tensorboard=False, plots=False,
+                                                 callback=lambda r: begin.append(r) if r["event"] == "begin" else None)
+    assert begin[0]["step"] == 6
+    expected, resumed = final_tensors(straight), final_tensors(out)
+    assert expected[0] == resumed[0]
+    for name, tensor in expected[1]["model.safetensors"].items():
+        assert torch.equal(tensor, resumed[1]["model.safetensors"][name]), name

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "enstack/ckpt/async_saver.h"
@@ -135,6 +136,9 @@ struct Trainer::Impl {
   std::unique_ptr<SwaAverage> swa;
   ckpt::AsyncSaver saver;
   int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0, swa_start_step = 0;
+  // Fault injection for tests: the optimizer step (1-based) whose forward runs out of memory.
+  int64_t inject_oom_at_step = std::getenv("ENSTACK_INJECT_OOM_AT_STEP")
+                                   ? std::atoll(std::getenv("ENSTACK_INJECT_OOM_AT_STEP")) : -1;
   TrainerState s;
   FitResult result;
   const Callback& callback;
@@ -484,8 +488,15 @@ void Trainer::Impl::run_epoch() {
     ENSTACK_ASSERT(window.first_batch == s.batch_cursor, "resume cursor is not at a step boundary");
     double loss = 0;
     try {
+      if (s.global_step + 1 == inject_oom_at_step) {
+        C10_THROW_ERROR(OutOfMemoryError, "injected for testing (ENSTACK_INJECT_OOM_AT_STEP)");
+      }
       loss = run_window(loader, window);
     } catch (const c10::OutOfMemoryError& e) {
+      out_of_memory(e, window);
+    } catch (const c10::Error& e) {
+      // The CPU allocator reports exhaustion as a plain c10::Error.
+      if (std::string(e.what()).find("can't allocate memory") == std::string::npos) throw;
       out_of_memory(e, window);
     }
     auto grads = defined_grads(params);
