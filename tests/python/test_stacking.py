@@ -397,11 +397,12 @@ def _write_base_configs(root: Path):
     common = (f"include: {Path('configs/demo.yaml').absolute()}\n"
               f"data: {{train: functions.jsonl, text_column: func, label_columns: [label], label_policy: class,"
               f" id_column: id}}\n")
-    for name, lr, vocab in (("a", 1.0e-3, 400), ("b", 2.0e-3, 450)):
+    for name, lr, vocab, swa in (("a", 1.0e-3, 400, "false"), ("b", 2.0e-3, 450, "true")):
         (root / f"{name}.yaml").write_text(
             common + f"run: {{name: {name}, output_dir: runs/{name}, num_threads: 1}}\n"
             f"model: {{name_or_path: tiny.json, max_length: 64, tokenizer: {{kind: sentencepiece, vocab_size: {vocab}}}}}\n"
-            f"train: {{epochs: 1, batch_size: 8, eval_steps: 12, save_steps: 12, logging_steps: 12, learning_rate: {lr}}}\n")
+            f"train: {{epochs: 1, batch_size: 8, eval_steps: 12, save_steps: 12, logging_steps: 12, learning_rate: {lr},"
+            f" swa: {{enabled: {swa}}}}}\n")
     (root / "stack.yaml").write_text(
         "run: {name: s, output_dir: runs/stack, num_threads: 1}\n"
         "stack: {base_models: {a: a.yaml, b: b.yaml}, meta_classifiers: [lr, xgboost], plots: false}\n")
@@ -451,6 +452,14 @@ def test_end_to_end_with_real_base_models_paper_then_oof(tmp_path, capsys):
     logits = np.load(pred_dir / "test.logits.npy", allow_pickle=False)
     soft = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(soft / soft.sum(axis=1, keepdims=True), with_logits.probabilities, atol=1e-5)
+
+    # the SWA average predicts when asked for; a run without one says how to get it
+    swa = enstack.Trainer(cfg.base_configs()["b"]).write_predictions(["test"], checkpoint="swa")["test"]
+    manifest = json.loads((tmp_path / "runs" / "b" / "checkpoints" / "swa" / "MANIFEST.json").read_text())
+    assert swa.checkpoint["kind"] == "swa" and swa.checkpoint["step"] == manifest["step"]
+    assert (tmp_path / "runs" / "b" / "predictions" / "swa" / "test.json").is_file()
+    with pytest.raises(enstack.CheckpointError, match="swa.enabled"):
+        trainer.write_predictions(["test"], checkpoint="swa")
 
     # oof: fold models on K-1 folds of train+validation, never predicting their own training rows
     report = enstack.stack(tmp_path / "stack.yaml", {"stack.protocol": "oof", "stack.folds": 2, "stack.features": "both",
