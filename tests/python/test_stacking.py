@@ -357,7 +357,7 @@ def test_corrupted_or_foreign_prediction_files_are_refused(tmp_path):
 
 def test_stacking_config_errors_list_what_to_fix(tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text(f"include: {Path('configs/demo.yaml').absolute()}\n"
+    base.write_text(f"include: {Path('configs/demo.yaml').absolute()}\nrun: {{output_dir: never-trained}}\n"
                     f"model: {{name_or_path: {Path('configs/models/tiny-roberta.json').absolute()}}}\n")
     good = "run: {output_dir: out}\nstack:\n  base_models: {a: base.yaml}\n"
     (tmp_path / "s.yaml").write_text(good)
@@ -376,6 +376,11 @@ def test_stacking_config_errors_list_what_to_fix(tmp_path):
         assert text in str(e.value), text
     with pytest.raises(enstack.ConfigError, match="no stack section"):
         load_stack_config(base)
+    with pytest.raises(enstack.CheckpointError, match="no 'best' checkpoint at .*train the model first"):
+        enstack.stack(tmp_path / "s.yaml", {"stack.train_base_models": False}, progress=False)
+    with pytest.raises(enstack.CheckpointError, match="no complete training checkpoint"):
+        enstack.stack(tmp_path / "s.yaml", ["stack.train_base_models=false", "stack.protocol=paper",
+                                            "stack.checkpoint=final"], progress=False)
     with pytest.raises(enstack.ConfigError, match="stack.base_models: required"):
         enstack.stacking.StackConfig.from_dict({"stack": {}})
 

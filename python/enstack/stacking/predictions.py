@@ -228,14 +228,15 @@ def _native_predict(trainer, store, batch_size: int, output: str) -> np.ndarray:
 def predict_split(trainer, split: str, checkpoint: str = "best", logits: bool = False, batch_size: int = 0,
                   out_dir: Optional[os.PathLike] = None, model: str = "") -> PredictionSet:
     """``trainer``'s predictions on ``split`` with the weights of ``checkpoint``, written to files (or reused)."""
+    # The checkpoint first: a missing one is a quick, clear error before any data is prepared.
+    ckpt_dir = checkpoint_dir(trainer.cfg, checkpoint)
+    identity = checkpoint_identity(ckpt_dir, checkpoint)
     trainer._setup(progress=False)
     if split not in trainer._splits:
         raise DataError(f"{model or trainer.cfg.run.name}: there is no '{split}' split (the data has "
                         f"{sorted(trainer._splits)}); stacking needs validation and test splits: set data.test or "
                         "a test share in data.split.")
     prepared = trainer._splits[split]
-    ckpt_dir = checkpoint_dir(trainer.cfg, checkpoint)
-    identity = checkpoint_identity(ckpt_dir, checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else Path(trainer.cfg.run.output_dir) / "predictions" / checkpoint
     wanted = ("probabilities", "logits") if logits else ("probabilities",)
     try:
