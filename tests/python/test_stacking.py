@@ -437,6 +437,7 @@ def test_end_to_end_with_real_base_models_paper_then_oof(tmp_path, capsys):
         assert row["accuracy"] == accuracy_score(index["labels"], own.argmax(axis=1))
         np.testing.assert_array_equal(preds[f"{name}:base"], own.astype(np.float64))
     assert len(saved["rows"]) == 2 + 3 * 2
+    assert (tmp_path / "runs" / "a" / "metrics" / "training-curves.png").is_file()  # trained here: plots drawn
     meta = load_meta_model(tmp_path / "runs" / "stack" / "meta" / "a+b" / "xgboost")
     assert meta.info["base_checkpoints"]["a"][0]["kind"] == "best"
 

@@ -53,12 +53,22 @@ def paper_dataset(configs: Mapping[str, Any], checkpoint: str, kinds: Sequence[s
         if train:
             log.info("base model %s: training or resuming in %s (nothing to do when it has finished)", name,
                      cfg.run.output_dir)
-            trainer.fit(resume=True, progress=progress)
+            _fit(trainer, progress)
         for split, into in (("validation", validation), ("test", test)):
             into[name] = predict_split(trainer, split, checkpoint, logits="logits" in kinds, batch_size=batch_size,
                                        model=name)
     features = "both" if len(kinds) == 2 else kinds[0]
     return from_predictions(validation, test, "paper", features)
+
+
+def _fit(trainer: Trainer, progress: bool) -> None:
+    """fit(resume=True), drawing the run's plots only when it trained: a finished run's plots are
+    drawn already, and redrawing them (a validation pass) took longer than the stacking itself."""
+    trained = []
+    result = trainer.fit(resume=True, progress=progress, plots=False,
+                         callback=lambda r: trained.append(True) if r.get("event") in ("log", "eval", "save") else None)
+    if trained:
+        trainer._write_plots(result.global_step)
 
 
 # ---------------------------------------------------------------- oof
@@ -208,7 +218,7 @@ class NativeFoldFitter:
         trainer = _FoldTrainer(fold_cfg, given)
         log.info("base model %s, fold %d/%d: training on %d functions", task.model, task.fold + 1, task.folds,
                  len(task.train_rows))
-        trainer.fit(resume=True, progress=self.progress)
+        _fit(trainer, self.progress)
         out = {}
         for split in ("heldout", "test"):
             out[split] = predict_split(trainer, split, self.checkpoint, logits="logits" in self.kinds,
