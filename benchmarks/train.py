@@ -173,7 +173,7 @@ def worker_enstack(spec: Dict[str, Any]) -> Dict[str, Any]:
         return None
 
     start = time.perf_counter()
-    result = trainer.fit(resume=False, callback=on_record, progress=False)
+    result = trainer.fit(resume=False, callback=on_record, progress=False, tensorboard=False, plots=False)
     end = time.perf_counter()
     params = dict(trainer.model.named_parameters())
     # The padded tokens the loader produced: the epoch plan is a pure function of (seed, epoch, data).

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bindings.h"
+#include "enstack/model/dropout.h"
 #include "enstack/model/encoder_classifier.h"
 #include "enstack/model/weights.h"
 #include "enstack/util/error.h"
@@ -132,6 +133,8 @@ void bind_model(py::module_& m) {
       },
       py::arg("config_json"), py::arg("num_labels") = py::none(),
       "A freshly initialised model (from scratch) for a config.json text.");
+  m.def("fast_dropout", &model::fast_dropout, py::arg("x"), py::arg("p"), py::arg("training") = true,
+        "The encoder's dropout (enstack/model/dropout.h): torch's semantics, a fast CPU mask generator.");
 }
 
 }  // namespace enstack::bindings

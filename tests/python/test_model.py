@@ -283,3 +283,36 @@ def test_config_that_is_not_json_is_a_model_error(tmp_path):
     (tmp_path / "config.json").write_text("{ nope")
     with pytest.raises(enstack.ModelError, match="not valid JSON"):
         es_model.load(tmp_path)
+
+
+def test_fast_dropout_has_torch_semantics_and_a_reproducible_mask():
+    from enstack._C.model import fast_dropout
+
+    x = torch.randn(64, 300, 96, requires_grad=True)
+    torch.manual_seed(7)
+    y = fast_dropout(x, 0.1)
+    ratio = (y / x).detach()
+    kept = ratio != 0
+    # Kept values are scaled by 1 / (1 - p) exactly, as torch.nn.functional.dropout does.
+    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 1 / 0.9))
+    share = kept.float().mean().item()
+    n = x.numel()
+    assert abs(share - 0.9) < 5 * (0.9 * 0.1 / n) ** 0.5  # binomial: within 5 standard deviations
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, ratio)  # the gradient is the mask
+    torch.manual_seed(7)
+    assert torch.equal(fast_dropout(x.detach(), 0.1), y.detach())  # the seed reproduces the mask
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(7)
+    single = fast_dropout(x.detach(), 0.1)
+    torch.set_num_threads(threads)
+    assert torch.equal(single, y.detach())  # and the thread count does not change it
+    assert torch.equal(fast_dropout(x.detach(), 0.1, training=False), x.detach())
+    assert not torch.equal(fast_dropout(x.detach(), 0.1), y.detach())  # the generator advanced
+    # Independent positions: neighbours are not correlated (16-bit fields of one 64-bit draw).
+    flat = kept.flatten().float()
+    corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+    assert abs(corr) < 0.01
+    with pytest.raises(enstack.ConfigError):
+        fast_dropout(x.detach(), 1.0)

@@ -6,7 +6,9 @@
 #include <torch/nn/init.h>
 
 #include <cmath>
+#include <limits>
 
+#include "enstack/model/dropout.h"
 #include "enstack/util/error.h"
 
 namespace enstack::model {
@@ -40,9 +42,8 @@ EncoderClassifier::EncoderClassifier(EncoderConfig config) : config_(std::move(c
   token_type_embeddings_ = embeddings->register_module(
       "token_type_embeddings", torch::nn::Embedding(c.type_vocab_size, c.hidden_size));
   embedding_norm_ = embeddings->register_module("LayerNorm", make_norm(c));
-  hidden_dropout_ = register_module("hidden_dropout", torch::nn::Dropout(c.hidden_dropout_prob));
-  classifier_dropout_ =
-      register_module("classifier_dropout", torch::nn::Dropout(c.effective_classifier_dropout()));
+  hidden_dropout_ = c.hidden_dropout_prob;
+  classifier_dropout_ = c.effective_classifier_dropout();
 
   auto encoder = child(*base, "encoder");
   auto layer_list = child(*encoder, "layer");
@@ -131,7 +132,7 @@ torch::Tensor EncoderClassifier::embed(const torch::Tensor& input_ids,
                                         : torch::zeros_like(input_ids, input_ids.options().dtype(torch::kLong));
   auto x = word_embeddings_(input_ids) + token_type_embeddings_(types) +
            position_embeddings_(position_ids(input_ids));
-  return hidden_dropout_(embedding_norm_(x));
+  return fast_dropout(embedding_norm_(x), hidden_dropout_, is_training());
 }
 
 torch::Tensor EncoderClassifier::activation(const torch::Tensor& x) const {
@@ -150,13 +151,35 @@ torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor
   auto q = split(layer.query(x));
   auto k = split(layer.key(x));
   auto v = split(layer.value(x));
-  const double dropout = is_training() ? config_.attention_probs_dropout_prob : 0.0;
-  auto mask = key_mask.defined() ? std::optional<torch::Tensor>(key_mask) : std::nullopt;
-  auto context = at::scaled_dot_product_attention(q, k, v, mask, dropout, /*is_causal=*/false);
-  context = context.transpose(1, 2).reshape({batch, seq, config_.hidden_size});
-  auto attended = layer.attention_norm(hidden_dropout_(layer.attention_dense(context)) + x);
+  auto context = attention(q, k, v, key_mask).transpose(1, 2).reshape({batch, seq, config_.hidden_size});
+  auto attended = layer.attention_norm(fast_dropout(layer.attention_dense(context), hidden_dropout_, is_training()) + x);
   auto inner = activation(layer.intermediate(attended));
-  return layer.output_norm(hidden_dropout_(layer.output(inner)) + attended);
+  return layer.output_norm(fast_dropout(layer.output(inner), hidden_dropout_, is_training()) + attended);
+}
+
+// Scaled dot-product attention over [batch, heads, seq, head_dim] with a boolean
+// key-padding mask [batch, 1, 1, seq]. SDPA's fused kernels serve inference and
+// CUDA; CPU training with attention dropout takes SDPA's math path anyway, whose
+// dropout draws each element with bernoulli_, so there the same math is written
+// out with the fast dropout mask (enstack/model/dropout.h).
+torch::Tensor EncoderClassifier::attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           const torch::Tensor& key_mask) {
+  const double p = is_training() ? config_.attention_probs_dropout_prob : 0.0;
+  if (p == 0.0 || !q.device().is_cpu()) {
+    auto mask = key_mask.defined() ? std::optional<torch::Tensor>(key_mask) : std::nullopt;
+    return at::scaled_dot_product_attention(q, k, v, mask, p, /*is_causal=*/false);
+  }
+  auto scores = torch::matmul(q, k.transpose(-2, -1)).mul_(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  if (key_mask.defined()) {
+    // An additive [batch, 1, 1, seq] bias of 0 / -inf: a broadcast add (whose backward is
+    // free) instead of a masked_fill over the whole score tensor in both directions.
+    // Every row keeps its first token (<s>/[CLS]), so no row is fully masked.
+    auto bias = torch::zeros(key_mask.sizes(), scores.options())
+                    .masked_fill_(key_mask.logical_not(), -std::numeric_limits<float>::infinity());
+    scores.add_(bias);
+  }
+  auto probs = torch::softmax(scores, -1);
+  return torch::matmul(fast_dropout(probs, p, true), v);
 }
 
 torch::Tensor EncoderClassifier::encode(const torch::Tensor& input_ids,
@@ -189,11 +212,11 @@ torch::Tensor EncoderClassifier::forward(const torch::Tensor& input_ids,
                                          const torch::Tensor& token_type_ids) {
   auto first = encode(input_ids, attention_mask, token_type_ids).select(1, 0);
   if (config_.model_type == ModelType::kRoberta) {
-    auto h = torch::tanh(head_dense_(classifier_dropout_(first)));
-    return head_out_(classifier_dropout_(h));
+    auto h = torch::tanh(head_dense_(fast_dropout(first, classifier_dropout_, is_training())));
+    return head_out_(fast_dropout(h, classifier_dropout_, is_training()));
   }
   auto pooled = torch::tanh(head_dense_(first));
-  return head_out_(classifier_dropout_(pooled));
+  return head_out_(fast_dropout(pooled, classifier_dropout_, is_training()));
 }
 
 }  // namespace enstack::model

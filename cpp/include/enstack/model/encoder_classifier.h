@@ -6,7 +6,6 @@
 #pragma once
 
 #include <torch/nn/module.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
@@ -61,13 +60,15 @@ class EncoderClassifier : public torch::nn::Module {
   torch::Tensor layer_forward(Layer& layer, const torch::Tensor& x,
                               const torch::Tensor& key_mask);
   torch::Tensor activation(const torch::Tensor& x) const;
+  torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& key_mask);
   void init_linear(torch::nn::Linear& linear);
 
   EncoderConfig config_;
   torch::nn::Embedding word_embeddings_{nullptr}, position_embeddings_{nullptr},
       token_type_embeddings_{nullptr};
   torch::nn::LayerNorm embedding_norm_{nullptr};
-  torch::nn::Dropout hidden_dropout_{nullptr}, classifier_dropout_{nullptr};
+  double hidden_dropout_ = 0.0, classifier_dropout_ = 0.0;  // see enstack/model/dropout.h
   std::vector<Layer> layers_;
   torch::nn::Linear head_dense_{nullptr};  // RoBERTa: classifier.dense; BERT: bert.pooler.dense
   torch::nn::Linear head_out_{nullptr};    // RoBERTa: classifier.out_proj; BERT: classifier
