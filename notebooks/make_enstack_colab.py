@@ -366,13 +366,14 @@ print("more:", ", ".join(sorted(p.name for p in plots.glob("*.png"))))
 ## Use the ensemble on new functions
 
 The base models of the best stack give class probabilities for new source code
-(`Trainer.predict_texts`), and its saved meta-model combines them. Nothing here needs the
-training data.
+(`Trainer.predict_texts`), and its saved meta-model combines them. The classes are those of
+vulnerable functions (the paper's setup has no "not vulnerable" class), so each function gets
+the class it resembles most.
 """),
     ("use", "code", """
 functions = [
     "int copy_name(const char *src) {\\n    char name[16];\\n    strcpy(name, src);\\n    return name[0];\\n}",
-    "int first(int *items, int n) {\\n    if (items == NULL || n <= 0)\\n        return -1;\\n    return items[0];\\n}",
+    "void log_message(const char *msg) {\\n    printf(msg);\\n}",
 ]
 meta = enstack.stacking.load_meta_model(Path(report.output_dir) / "meta" / "+".join(best["models"]) / best["meta"])
 outputs = {m: {"probabilities": enstack.Trainer(configs[m], checkpoint="best").predict_texts(functions).float().numpy()}
