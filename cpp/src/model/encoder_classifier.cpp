@@ -148,9 +148,14 @@ torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor
   auto split = [&](const torch::Tensor& t) {
     return t.view({batch, seq, heads, head_dim}).transpose(1, 2);
   };
-  auto q = split(layer.query(x));
-  auto k = split(layer.key(x));
-  auto v = split(layer.value(x));
+  // One GEMM for Q, K and V: the three projections' weights are concatenated on the fly
+  // (a [3h, h] copy, small next to the activations), the parameters stay HF's separate ones.
+  auto weight = torch::cat({layer.query->weight, layer.key->weight, layer.value->weight});
+  auto bias = torch::cat({layer.query->bias, layer.key->bias, layer.value->bias});
+  auto qkv = torch::linear(x, weight, bias).chunk(3, -1);
+  auto q = split(qkv[0]);
+  auto k = split(qkv[1]);
+  auto v = split(qkv[2]);
   auto context = attention(q, k, v, key_mask).transpose(1, 2).reshape({batch, seq, config_.hidden_size});
   auto attended = layer.attention_norm(fast_dropout(layer.attention_dense(context), hidden_dropout_, is_training()) + x);
   auto inner = activation(layer.intermediate(attended));

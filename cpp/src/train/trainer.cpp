@@ -191,6 +191,21 @@ struct Trainer::Impl {
     return roots;
   }
   double learning_rate(int64_t step) const;
+  // A fresh runtime that resumes from the mirror gets the model-only directories
+  // (best/, swa/) back too, so evaluation and stacking find them where they expect.
+  void restore_from_mirror() {
+    if (o.mirror_dir.empty()) return;
+    for (const char* name : {"best", "swa"}) {
+      const fs::path local = t.checkpoints_dir() / name, mirrored = fs::path(o.mirror_dir) / "checkpoints" / name;
+      if (fs::exists(local / ckpt::kManifestName) || !fs::exists(mirrored / ckpt::kManifestName)) continue;
+      try {
+        ckpt::copy_checkpoint(mirrored, local);
+        ENSTACK_LOG_INFO("restored ", local.string(), " from the mirror");
+      } catch (const std::exception& e) {
+        ENSTACK_LOG_WARN("could not restore ", local.string(), " from the mirror: ", e.what());
+      }
+    }
+  }
   void update_swa();
   void finalize_swa();
   void report_saves();
@@ -232,6 +247,7 @@ void Trainer::Impl::begin(bool resume) {
     return;
   }
   const TrainerState saved = load_full_checkpoint(*found, model, optimizer, scaler, swa.get(), device);
+  restore_from_mirror();
   auto refuse = [&](const std::string& what, const std::string& then, const std::string& now) {
     if (o.allow_changes) {
       ENSTACK_LOG_WARN("resuming although the ", what, " changed (", then, " -> ", now, ")");
