@@ -71,6 +71,7 @@ bench: setup
 	$(PY) benchmarks/tokenizer_speed.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/resume.py
+	$(PY) benchmarks/checkpoint.py
 
 clean:
 	rm -rf build $(STAMPS) runs
