@@ -60,14 +60,17 @@ void bind_ckpt(py::module_& m) {
            [](AsyncSaver& saver, const std::filesystem::path& final_dir, int64_t step,
               const std::map<std::string, std::map<std::string, torch::Tensor>>& tensor_files,
               const std::map<std::string, py::object>& json_files) {
-             // Returns (seconds the caller was stalled: snapshot + any wait, seconds waited).
+             // Returns (seconds the caller was held: snapshot + any wait, seconds waited). CPU
+             // tensors are copied by the copy thread: call wait_for_snapshots() before changing them.
              std::map<std::string, nlohmann::json> jsons;
              for (const auto& [name, value] : json_files) jsons.emplace(name, json_of(value));
              py::gil_scoped_release release;
              const auto start = std::chrono::steady_clock::now();
              ckpt::Snapshot snapshot(step, "full");
              for (const auto& [name, value] : jsons) snapshot.add_json(name, value);
-             for (const auto& [name, tensors] : tensor_files) snapshot.add_tensors(name, tensors, &saver.pool());
+             for (const auto& [name, tensors] : tensor_files) {
+               snapshot.add_tensors_deferred(name, tensors, &saver.pool());
+             }
              const double waited = saver.submit(std::move(snapshot), final_dir);
              const double stalled =
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -75,6 +78,10 @@ void bind_ckpt(py::module_& m) {
            },
            py::arg("final_dir"), py::arg("step"), py::arg("tensor_files"),
            py::arg("json_files") = std::map<std::string, py::object>{})
+      .def("wait_for_snapshots", [](AsyncSaver& saver) {
+        py::gil_scoped_release release;
+        return saver.wait_for_snapshots();
+      }, "Waits until the saved tensors have been copied (they may change again); returns seconds waited.")
       .def("flush", [](AsyncSaver& saver) {
         py::gil_scoped_release release;
         saver.flush();

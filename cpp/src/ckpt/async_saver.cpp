@@ -28,7 +28,10 @@ const char* SaveEvent::name(Kind kind) {
 }
 
 AsyncSaver::AsyncSaver(AsyncSaverOptions options) : options_(std::move(options)) {
-  if (!options_.synchronous) writer_ = std::thread([this] { writer_loop(); });
+  if (!options_.synchronous) {
+    copier_ = std::thread([this] { copier_loop(); });
+    writer_ = std::thread([this] { writer_loop(); });
+  }
   if (!options_.mirror_root.empty()) mirror_ = std::thread([this] { mirror_loop(); });
 }
 
@@ -38,8 +41,10 @@ AsyncSaver::~AsyncSaver() {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
+  wake_copier_.notify_all();
   wake_writer_.notify_all();
   wake_mirror_.notify_all();
+  if (copier_.joinable()) copier_.join();
   if (writer_.joinable()) writer_.join();
   if (mirror_.joinable()) mirror_.join();
 }
@@ -52,9 +57,22 @@ std::string AsyncSaver::slot_of(const fs::path& dir) const {
 double AsyncSaver::submit(Snapshot snapshot, const fs::path& final_dir) {
   Job job{std::move(snapshot), final_dir, slot_of(final_dir)};
   if (options_.synchronous) {
+    job.snapshot.fill_deferred();
     write_job(job);
     return 0.0;
   }
+  if (job.snapshot.has_deferred()) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      copy_queue_.push_back(std::move(job));
+    }
+    wake_copier_.notify_one();
+    return 0.0;
+  }
+  return enqueue_write(std::move(job));
+}
+
+double AsyncSaver::enqueue_write(Job job) {
   const auto start = std::chrono::steady_clock::now();
   double waited = 0.0;
   {
@@ -76,6 +94,36 @@ double AsyncSaver::submit(Snapshot snapshot, const fs::path& final_dir) {
   }
   wake_writer_.notify_one();
   return waited;
+}
+
+void AsyncSaver::copier_loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    wake_copier_.wait(lock, [&] { return stopping_ || !copy_queue_.empty(); });
+    if (copy_queue_.empty()) return;
+    Job job = std::move(copy_queue_.front());
+    copy_queue_.pop_front();
+    copying_ = true;
+    lock.unlock();
+    job.snapshot.fill_deferred();
+    lock.lock();
+    copying_ = false;
+    handing_over_ = true;  // in no queue for a moment: flush() must still wait for it
+    copied_.notify_all();
+    lock.unlock();
+    enqueue_write(std::move(job));  // may wait for the writer (coalesce = false)
+    lock.lock();
+    handing_over_ = false;
+    idle_.notify_all();
+  }
+}
+
+double AsyncSaver::wait_for_snapshots() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (copy_queue_.empty() && !copying_) return 0.0;
+  const auto start = std::chrono::steady_clock::now();
+  copied_.wait(lock, [&] { return copy_queue_.empty() && !copying_; });
+  return seconds_since(start);
 }
 
 void AsyncSaver::write_job(Job& job) {
@@ -168,9 +216,11 @@ void AsyncSaver::push_event(SaveEvent event) {
 }
 
 void AsyncSaver::flush() {
+  wait_for_snapshots();
   std::unique_lock<std::mutex> lock(mutex_);
   idle_.wait(lock, [&] {
-    return queue_.empty() && !writing_ && mirror_pending_.empty() && !mirror_busy_;
+    return copy_queue_.empty() && !copying_ && !handing_over_ && queue_.empty() && !writing_ &&
+           mirror_pending_.empty() && !mirror_busy_;
   });
 }
 

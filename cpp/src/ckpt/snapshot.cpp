@@ -70,6 +70,34 @@ void Snapshot::add_tensors(const std::string& name, const std::map<std::string, 
   files_.push_back(std::move(file));
 }
 
+struct Snapshot::Deferred {
+  std::size_t file_index;
+  model::SafetensorsImage image;
+};
+
+void Snapshot::add_tensors_deferred(const std::string& name, const std::map<std::string, torch::Tensor>& tensors,
+                                    BufferPool* pool, const std::map<std::string, std::string>& metadata) {
+  for (const auto& [key, t] : tensors) {
+    if (!t.is_cpu()) return add_tensors(name, tensors, pool, metadata);
+  }
+  model::SafetensorsImage image(tensors, metadata, name);
+  SnapshotFile file;
+  file.name = name;
+  file.size = image.size();
+  file.reusable = true;
+  file.buffer = pool != nullptr ? pool->take(file.size, false)
+                                : torch::empty({static_cast<int64_t>(file.size)}, torch::kUInt8);
+  files_.push_back(std::move(file));
+  deferred_.push_back(std::make_shared<Deferred>(Deferred{files_.size() - 1, std::move(image)}));
+}
+
+void Snapshot::fill_deferred() {
+  for (const auto& d : deferred_) {
+    d->image.fill(static_cast<std::byte*>(files_[d->file_index].buffer.data_ptr()));
+  }
+  deferred_.clear();  // drops the references to the live tensors
+}
+
 void Snapshot::add_bytes(const std::string& name, const std::string& bytes) {
   SnapshotFile file;
   file.name = name;

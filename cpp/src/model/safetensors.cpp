@@ -359,6 +359,11 @@ void SafetensorsImage::fill(std::byte* dst, bool non_blocking) const {
   for (std::size_t i = 0; i < tensors_.size(); ++i) {
     const auto& t = tensors_[i];
     if (t.numel() == 0) continue;
+    if (t.is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
+      // Plain bytes: a memcpy, which also runs on any thread without torch's thread pool.
+      std::memcpy(data + offsets_[i], t.data_ptr(), static_cast<std::size_t>(t.numel()) * t.element_size());
+      continue;
+    }
     // A CPU view of the destination bytes; copy_ handles device, strides, conj and neg views.
     auto view = torch::from_blob(data + offsets_[i], t.sizes(), torch::TensorOptions().dtype(t.scalar_type()));
     view.copy_(t, non_blocking);

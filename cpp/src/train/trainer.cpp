@@ -135,6 +135,7 @@ struct Trainer::Impl {
   Schedule schedule;
   std::unique_ptr<SwaAverage> swa;
   ckpt::AsyncSaver saver;
+  double snapshot_wait_seconds = 0.0;  // training time spent waiting for checkpoint copies
   int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0, swa_start_step = 0;
   // Fault injection for tests: the optimizer step (1-based) whose forward runs out of memory.
   int64_t inject_oom_at_step = std::getenv("ENSTACK_INJECT_OOM_AT_STEP")
@@ -318,7 +319,8 @@ void Trainer::Impl::after_step(double lr, double norm) {
         {"loss", loss_sum / log_windows}, {"learning_rate", lr}, {"grad_norm", norm_sum / log_windows},
         {"loss_scale", scaler.get_scale()}, {"skipped_steps", s.skipped_steps},
         {"samples_per_second", log_samples / elapsed}, {"tokens_per_second", log_tokens / elapsed},
-        {"total_steps", total_steps}, {"rss_bytes", resident_bytes()}};
+        {"total_steps", total_steps}, {"rss_bytes", resident_bytes()},
+        {"checkpoint_wait_seconds", snapshot_wait_seconds}};
     if (device.is_cuda()) {
       const auto stats = at::accelerator::getDeviceStats(device.index() < 0 ? 0 : device.index());
       const auto aggregate = static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE);
@@ -437,6 +439,7 @@ double Trainer::Impl::learning_rate(int64_t step) const {
 }
 
 void Trainer::Impl::update_swa() {
+  snapshot_wait_seconds += saver.wait_for_snapshots();
   swa->update();
   s.swa_count = swa->count();
 }
@@ -445,6 +448,7 @@ void Trainer::Impl::update_swa() {
 // swapped back afterwards, so training state and the final checkpoint are unaffected.
 void Trainer::Impl::finalize_swa() {
   if (!swa || swa->count() == 0) return;
+  snapshot_wait_seconds += saver.wait_for_snapshots();
   swa->swap_with_parameters();
   try {
     nlohmann::json extra = {{"swa_count", swa->count()}};
@@ -465,7 +469,9 @@ void Trainer::Impl::finalize_swa() {
     }
     saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16", extra, &saver.pool()),
                  t.checkpoints_dir() / "swa");
+    snapshot_wait_seconds += saver.wait_for_snapshots();  // the copy reads the swapped-in weights
   } catch (...) {
+    saver.wait_for_snapshots();
     swa->swap_with_parameters();
     throw;
   }
@@ -520,7 +526,10 @@ void Trainer::Impl::run_epoch() {
     const double norm = clip_grad_norm(params, o.max_grad_norm);
     const bool skipped = scaler.enabled() && scaler.step_was_skipped();
     const double lr = learning_rate(s.global_step);
-    if (!skipped) optimizer.step(lr);
+    if (!skipped) {
+      snapshot_wait_seconds += saver.wait_for_snapshots();  // a save's copy must finish before the weights change
+      optimizer.step(lr);
+    }
     if (scaler.enabled()) scaler.update();
     optimizer.zero_grad();
     s.batch_cursor = window.end_batch;

@@ -89,9 +89,9 @@ ckpt::Snapshot snapshot_full_checkpoint(const model::EncoderClassifier& model, c
   ckpt::Snapshot snapshot(state.global_step, "full",
                           {{"epoch", state.epoch}, {"batch_cursor", state.batch_cursor}, {"finished", state.finished}});
   snapshot.add_json("config.json", model.config().to_json());
-  snapshot.add_tensors("model.safetensors", model::state_of(model), pool);
-  snapshot.add_tensors("optimizer.safetensors", extra, pool);
-  if (swa != nullptr && swa->count() > 0) snapshot.add_tensors(kSwaFile, swa->state_tensors(), pool);
+  snapshot.add_tensors_deferred("model.safetensors", model::state_of(model), pool);
+  snapshot.add_tensors_deferred("optimizer.safetensors", extra, pool);
+  if (swa != nullptr && swa->count() > 0) snapshot.add_tensors_deferred(kSwaFile, swa->state_tensors(), pool);
   snapshot.add_json("trainer_state.json", {{"state", state.to_json()}, {"options", options}});
   return snapshot;
 }
@@ -108,7 +108,7 @@ ckpt::Snapshot snapshot_model(const model::EncoderClassifier& model, int64_t ste
   }
   ckpt::Snapshot snapshot(step, "model", extra);
   snapshot.add_json("config.json", config);
-  snapshot.add_tensors("model.safetensors", weights, pool);
+  snapshot.add_tensors_deferred("model.safetensors", weights, pool);
   return snapshot;
 }
 

@@ -40,14 +40,17 @@ struct TrainerState {
   static TrainerState from_json(const nlohmann::json& j);
 };
 
-// Copies the full training state into host memory (the only part of saving that
-// stalls training); ckpt::AsyncSaver writes it. `swa` may be null.
+// The full training state as a snapshot for ckpt::AsyncSaver. Small state is copied
+// at once; CPU weights, moments and the SWA average are copied by the saver's copy
+// thread (deferred), so the caller must saver.wait_for_snapshots() before the next
+// optimizer step or SWA update. `swa` may be null.
 ckpt::Snapshot snapshot_full_checkpoint(const model::EncoderClassifier& model, const AdamW& optimizer,
                                         const GradScaler& scaler, const SwaAverage* swa, const TrainerState& state,
                                         const nlohmann::json& options, const torch::Device& device,
                                         ckpt::BufferPool* pool);
 
-// A model-only snapshot (best/, swa/): config.json + model.safetensors, in fp16 when asked.
+// A model-only snapshot (best/, swa/): config.json + model.safetensors, in fp16 when
+// asked; the weights are copied deferred, as above.
 ckpt::Snapshot snapshot_model(const model::EncoderClassifier& model, int64_t step, bool fp16,
                               const nlohmann::json& extra, ckpt::BufferPool* pool);
 

@@ -77,6 +77,26 @@ TEST_F(AsyncSaverTest, BackgroundWriteEqualsASynchronousOne) {
   EXPECT_TRUE(torch::equal(reader.tensor("w"), state(3)["w"]));
 }
 
+TEST_F(AsyncSaverTest, DeferredTensorsAreCopiedBeforeWaitReturnsAndChangesAfterDoNotLeakIn) {
+  auto live = state(4);
+  const auto before = live["w"].clone();
+  AsyncSaverOptions o;
+  o.coalesce = false;
+  AsyncSaver saver(o);
+  for (int round = 0; round < 20; ++round) {  // many rounds: a race would show as a changed file
+    Snapshot s(round, "full");
+    s.add_tensors_deferred("model.safetensors", live, &saver.pool());
+    saver.submit(std::move(s), root_ / step_name(round));
+    saver.wait_for_snapshots();
+    const auto saved_values = live["w"].clone();
+    live["w"].add_(1.0);  // the "optimizer step": allowed once wait_for_snapshots returned
+    saver.flush();
+    model::SafetensorsReader reader(root_ / step_name(round) / "model.safetensors");
+    ASSERT_TRUE(torch::equal(reader.tensor("w"), saved_values)) << "round " << round;
+  }
+  EXPECT_TRUE(torch::allclose(live["w"], before + 20.0));
+}
+
 TEST_F(AsyncSaverTest, RetentionKeepsTheNewestAndBuffersAreReused) {
   AsyncSaverOptions o;
   o.coalesce = false;  // every save lands

@@ -2,6 +2,10 @@
 // stalls only for the snapshot copy, and copies each finished checkpoint into a
 // mirror root (e.g. a Google Drive folder) on a second thread.
 //
+// Snapshots with deferred CPU tensors (Snapshot::add_tensors_deferred) are filled
+// by a copy thread right away; the caller must call wait_for_snapshots() before
+// it changes those tensors (the trainer: before the next optimizer step).
+//
 // At most one save is in flight. A save point reached while one is running
 // either waits for the writer to be idle (coalesce = false), or replaces a queued,
 // not yet started save of the same slot (coalesce = true: the newer state wins;
@@ -59,6 +63,9 @@ class AsyncSaver {
   // Queues `snapshot` to become the checkpoint directory `final_dir`. Returns the
   // seconds spent waiting for an earlier save (0 when coalescing or idle).
   double submit(Snapshot snapshot, const fs::path& final_dir);
+  // Blocks until every submitted snapshot's deferred tensors have been copied, so the
+  // caller may change them again; returns the seconds waited.
+  double wait_for_snapshots();
   // Blocks until every queued save and mirror copy has finished.
   void flush();
   // Events since the last call, oldest first.
@@ -74,6 +81,8 @@ class AsyncSaver {
   };
   std::string slot_of(const fs::path& dir) const;
   void write_job(Job& job);  // on the writer thread (or the caller's when synchronous)
+  double enqueue_write(Job job);  // the coalesce-or-wait hand-over to the writer
+  void copier_loop();
   void writer_loop();
   void mirror_loop();
   void push_event(SaveEvent event);
@@ -81,14 +90,16 @@ class AsyncSaver {
   AsyncSaverOptions options_;
   BufferPool pool_;
   std::mutex mutex_;
-  std::condition_variable wake_writer_, wake_mirror_, idle_;
+  std::condition_variable wake_writer_, wake_mirror_, wake_copier_, idle_, copied_;
+  std::deque<Job> copy_queue_;  // snapshots whose deferred tensors are still to be copied
+  bool copying_ = false, handing_over_ = false;
   std::deque<Job> queue_;
   bool writing_ = false;
   std::map<std::string, fs::path> mirror_pending_;  // slot -> newest local directory
   std::optional<fs::path> mirror_busy_;              // the local directory being copied
   std::vector<SaveEvent> events_;
   bool stopping_ = false;
-  std::thread writer_, mirror_;
+  std::thread copier_, writer_, mirror_;
 };
 
 }  // namespace enstack::ckpt

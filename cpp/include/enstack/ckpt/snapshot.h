@@ -1,11 +1,14 @@
 // Snapshot: a checkpoint held in host memory, every file's final bytes, so that
 // another thread can write it while training goes on.
 //
-// Taking a snapshot is the only part of saving that stalls training: one copy of
-// each tensor (device -> host) into a buffer laid out as the final safetensors
-// file. Buffers come from a BufferPool and go back to it once written, so after
-// the first save no memory is allocated or page-faulted in; on CUDA they are
-// pinned and the copies asynchronous, with one synchronization at the end.
+// Tensors are copied into buffers laid out as the final safetensors files. Buffers
+// come from a BufferPool and go back to it once written, so after the first save
+// no memory is allocated or page-faulted in. On CUDA the buffers are pinned and
+// the device->host copies asynchronous, with one synchronization. CPU tensors can
+// be added *deferred*: the snapshot keeps references and the copy is made later
+// by the saver's copy thread (fill_deferred), while the next micro-batches run;
+// the trainer only has to wait for it before the tensors change (the next
+// optimizer step), which is what makes a CPU save nearly stall-free.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -51,6 +54,13 @@ class Snapshot {
   void add_tensors(const std::string& name, const std::map<std::string, torch::Tensor>& tensors,
                    BufferPool* pool = nullptr,
                    const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+  // As add_tensors, but for CPU tensors the copy is left to fill_deferred(); the
+  // tensors must not change until it has run. Device tensors are copied at once.
+  void add_tensors_deferred(const std::string& name, const std::map<std::string, torch::Tensor>& tensors,
+                            BufferPool* pool,
+                            const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+  bool has_deferred() const { return !deferred_.empty(); }
+  void fill_deferred();  // copies the deferred tensors into their buffers (any thread)
   void add_json(const std::string& name, const nlohmann::json& value);
   void add_bytes(const std::string& name, const std::string& bytes);
 
@@ -67,6 +77,8 @@ class Snapshot {
   std::string kind_;
   nlohmann::json extra_;
   std::vector<SnapshotFile> files_;
+  struct Deferred;
+  std::vector<std::shared_ptr<Deferred>> deferred_;
 };
 
 }  // namespace enstack::ckpt
