@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -177,6 +178,8 @@ class Trainer:
         data or configuration changed is refused unless ``allow_changes``.
         """
         self._setup(progress, allow_changes)
+        if not resume:
+            self._set_aside_previous_checkpoints()
         bar = ProgressBar(progress)
         monitors = self._monitors(tensorboard)
 
@@ -213,6 +216,21 @@ class Trainer:
         if plots:
             self._write_plots(result.global_step)
         return result
+
+    def _set_aside_previous_checkpoints(self) -> None:
+        """Starting over in a run directory that has checkpoints: they are moved aside
+        (never deleted), so a later resume cannot pick a higher-step checkpoint of the
+        previous run and mix the two."""
+        roots = [Path(self.cfg.run.output_dir) / "checkpoints"]
+        if self.cfg.run.mirror_dir:
+            roots.append(Path(self.cfg.run.mirror_dir) / "checkpoints")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for root in roots:
+            if not root.is_dir() or not any(root.iterdir()):
+                continue
+            aside = root.with_name(f"checkpoints.previous-{stamp}")
+            root.rename(aside)
+            log.warning("starting over: the previous run's checkpoints were moved to %s", aside)
 
     def evaluate(self, split: str = "validation") -> Dict[str, Any]:
         """Metrics of the current model on a split (``train``, ``validation`` or ``test``)."""

@@ -246,3 +246,17 @@ def test_out_of_memory_writes_recovery_with_advice_and_resumes_exactly(data_file
     assert expected[0] == resumed[0]
     for name, tensor in expected[1]["model.safetensors"].items():
         assert torch.equal(tensor, resumed[1]["model.safetensors"][name]), name
+
+
+def test_starting_over_sets_the_previous_checkpoints_aside(data_files, tmp_path):
+    out = tmp_path / "run"
+    enstack.Trainer(config(data_files, out)).fit(resume=False, progress=False, tensorboard=False, plots=False)
+    with pytest.raises(KeyboardInterrupt):  # start over, stop at step 4
+        enstack.Trainer(config(data_files, out)).fit(resume=False, progress=False, tensorboard=False, plots=False,
+                                                     callback=lambda r: not (r["event"] == "log" and r["step"] == 4))
+    aside = list(tmp_path.glob("run/checkpoints.previous-*"))
+    assert len(aside) == 1 and (aside[0] / "step-00000018" / "MANIFEST.json").is_file()  # kept, not deleted
+    begin = []
+    enstack.Trainer(config(data_files, out)).fit(resume=True, progress=False, tensorboard=False, plots=False,
+                                                 callback=lambda r: begin.append(r) if r["event"] == "begin" else None)
+    assert begin[0]["step"] == 4  # the new run's recovery, not the old run's step 18
