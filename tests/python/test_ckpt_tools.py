@@ -20,33 +20,15 @@ from safetensors.torch import load_file
 import enstack
 from enstack import ckpt_import, ckpt_tools, cli
 from enstack._C import ckpt
-from enstack.data import synthetic
+from test_trainer import data_files  # noqa: F401 - data_files is a fixture
+from test_trainer import config as trainer_config
 
-TINY = {"model_type": "roberta", "vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 130, "type_vocab_size": 1,
-        "pad_token_id": 1, "layer_norm_eps": 1e-5, "initializer_range": 0.02}
 STEPS = [5, 9, 10, 15, 18]  # 130 examples, batch 8 x accumulation 2: 9 steps per epoch; every 5 and each epoch end
 
 
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt-data")
-    synthetic.write_jsonl(root / "functions.jsonl", 160, seed=1)
-    (root / "tiny.json").write_text(json.dumps(TINY))
-    return root
-
-
 def config(data_files, out, **more):
-    overrides = {"run.output_dir": str(out), "run.num_threads": 1, "data.train": str(data_files / "functions.jsonl"),
-                 "data.text_column": "func", "data.label_columns": ["label"], "data.label_policy": "class",
-                 "model.name_or_path": str(data_files / "tiny.json"), "model.max_length": 64,
-                 "model.tokenizer.vocab_size": 400, "train.batch_size": 8, "train.grad_accum": 2, "train.epochs": 2,
-                 "train.eval_strategy": "steps", "train.eval_steps": 5, "train.save_steps": 5,
-                 "train.save_total_limit": 10, "train.logging_steps": 1, "train.learning_rate": 1e-3,
-                 "train.warmup_ratio": 0.1}
-    overrides.update(more)
-    return enstack.load_config("configs/demo.yaml", overrides=overrides)
+    """The trainer tests' tiny run, keeping every checkpoint it writes."""
+    return trainer_config(data_files, out, **{"train.save_total_limit": 10, **more})
 
 
 @pytest.fixture(scope="module")
