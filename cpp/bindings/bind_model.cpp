@@ -134,7 +134,11 @@ void bind_model(py::module_& m) {
       py::arg("config_json"), py::arg("num_labels") = py::none(),
       "A freshly initialised model (from scratch) for a config.json text.");
   m.def("fast_dropout", &model::fast_dropout, py::arg("x"), py::arg("p"), py::arg("training") = true,
-        "The encoder's dropout (enstack/model/dropout.h): torch's semantics, a fast CPU mask generator.");
+        "The encoder's dropout (enstack/model/dropout.h): torch's semantics, a mask-free CPU implementation.");
+  m.def("dropout_add", &model::dropout_add, py::arg("y"), py::arg("residual"), py::arg("p"),
+        py::arg("training") = true, "residual + dropout(y), fused (enstack/model/dropout.h).");
+  m.def("softmax_dropout", &model::softmax_dropout, py::arg("scores"), py::arg("p"), py::arg("training") = true,
+        "dropout(softmax(scores, -1)) with a fused backward (enstack/model/dropout.h).");
 }
 
 }  // namespace enstack::bindings

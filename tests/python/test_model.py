@@ -72,9 +72,14 @@ def test_eval_logits_match_transformers(tmp_path, spec, attn):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+# dropout 0 trains through SDPA; a dropout too small to drop anything (p * 65536 rounds
+# to 0, 1 / (1 - p) rounds to 1) takes the CPU training path with the written-out
+# attention (scale folded into the query weights, additive mask bias) and the fused
+# mask-free dropout kernels, which then must be the identity.
+@pytest.mark.parametrize("dropout", [0.0, 1e-9], ids=["sdpa", "written-out"])
 @pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"{s[0]}-L{s[1]}-H{s[3]}-P{s[6]}")
-def test_loss_and_every_gradient_match_transformers_in_train_mode(tmp_path, spec):
-    reference = _save_reference(tmp_path, spec, seed=5, dropout=0.0).train()
+def test_loss_and_every_gradient_match_transformers_in_train_mode(tmp_path, spec, dropout):
+    reference = _save_reference(tmp_path, spec, seed=5, dropout=dropout).train()
     ours = es_model.load(tmp_path).train()
     ids, mask = _batch(reference.config, seed=9)
     labels = torch.arange(ids.shape[0]) % reference.config.num_labels
@@ -316,3 +321,86 @@ def test_fast_dropout_has_torch_semantics_and_a_reproducible_mask():
     assert abs(corr) < 0.01
     with pytest.raises(enstack.ConfigError):
         fast_dropout(x.detach(), 1.0)
+
+
+def _mask_for(seed, like, p):
+    """The multipliers the next dropout call under torch.manual_seed(seed) applies to a tensor like `like`."""
+    from enstack._C.model import fast_dropout
+
+    torch.manual_seed(seed)
+    return fast_dropout(torch.ones_like(like), p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dropout_add_equals_residual_plus_masked_input_with_gradients(dtype):
+    from enstack._C.model import dropout_add
+
+    y = torch.randn(8, 37, 24, dtype=dtype, requires_grad=True)
+    r = torch.randn(8, 37, 24, dtype=dtype, requires_grad=True)
+    mask = _mask_for(3, y, 0.1)
+    torch.manual_seed(3)
+    out = dropout_add(y, r, 0.1)
+    reference_y = y.detach().clone().requires_grad_()
+    reference_r = r.detach().clone().requires_grad_()
+    reference = reference_r + reference_y * mask  # torch's own ops, the same mask
+    assert torch.equal(out, reference)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    reference.backward(grad)
+    assert torch.equal(y.grad, reference_y.grad)
+    assert torch.equal(r.grad, reference_r.grad)
+    assert torch.equal(dropout_add(y, r, 0.1, training=False), y + r)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 33, 33), (3, 2, 5, 256), (1, 1, 1, 7)])
+def test_softmax_dropout_matches_torch_softmax_then_the_same_mask(shape):
+    from enstack._C.model import softmax_dropout
+
+    scores = (torch.randn(*shape) * 3).requires_grad_()
+    scores.data[..., -2:] = float("-inf")  # masked keys, as the attention bias makes them
+    scores.data[..., 0] = 1.0
+    mask = _mask_for(11, scores, 0.2)
+    torch.manual_seed(11)
+    out = softmax_dropout(scores, 0.2)
+    reference_scores = scores.detach().clone().requires_grad_()
+    reference = torch.softmax(reference_scores, -1) * mask
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-7)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    reference.backward(grad)
+    torch.testing.assert_close(scores.grad, reference_scores.grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(scores.grad[..., -2:], torch.zeros_like(scores.grad[..., -2:]))
+
+
+def test_fused_dropouts_pass_gradcheck_under_a_fixed_seed():
+    from enstack._C.model import dropout_add, fast_dropout, softmax_dropout
+
+    def seeded(fn):
+        def run(*args):
+            torch.manual_seed(5)
+            return fn(*args, 0.3)
+        return run
+
+    x = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(seeded(fast_dropout), (x,))
+    assert torch.autograd.gradcheck(seeded(dropout_add), (x, r))
+    assert torch.autograd.gradcheck(seeded(softmax_dropout), (x,))
+
+
+def test_dropout_mask_is_the_same_however_the_tensor_is_split_across_threads():
+    from enstack._C.model import softmax_dropout
+
+    scores = torch.randn(4, 4, 129, 129, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        torch.manual_seed(2)
+        out = softmax_dropout(scores, 0.1)
+        grad, = torch.autograd.grad(out, scores, torch.ones_like(out))
+        results.append((out, grad))
+    torch.set_num_threads(threads)
+    for out, grad in results[1:]:
+        assert torch.equal(out, results[0][0])
+        assert torch.equal(grad, results[0][1])

@@ -142,7 +142,7 @@ torch::Tensor EncoderClassifier::activation(const torch::Tensor& x) const {
 }
 
 torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor& x,
-                                               const torch::Tensor& key_mask) {
+                                               const torch::Tensor& key_mask, const torch::Tensor& key_bias) {
   const int64_t batch = x.size(0), seq = x.size(1);
   const int64_t heads = config_.num_attention_heads, head_dim = config_.head_dim();
   auto split = [&](const torch::Tensor& t) {
@@ -150,41 +150,49 @@ torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor
   };
   // One GEMM for Q, K and V: the three projections' weights are concatenated on the fly
   // (a [3h, h] copy, small next to the activations), the parameters stay HF's separate ones.
-  auto weight = torch::cat({layer.query->weight, layer.key->weight, layer.value->weight});
-  auto bias = torch::cat({layer.query->bias, layer.key->bias, layer.value->bias});
+  // On the written-out attention path the 1/sqrt(head_dim) scale is folded into the query
+  // weights here rather than applied to the [batch, heads, seq, seq] scores (twice, with backward).
+  const bool written_out = use_written_out_attention(x);
+  auto query_weight = layer.query->weight, query_bias = layer.query->bias;
+  if (written_out) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    query_weight = query_weight * scale;
+    query_bias = query_bias * scale;
+  }
+  auto weight = torch::cat({query_weight, layer.key->weight, layer.value->weight});
+  auto bias = torch::cat({query_bias, layer.key->bias, layer.value->bias});
   auto qkv = torch::linear(x, weight, bias).chunk(3, -1);
   auto q = split(qkv[0]);
   auto k = split(qkv[1]);
   auto v = split(qkv[2]);
-  auto context = attention(q, k, v, key_mask).transpose(1, 2).reshape({batch, seq, config_.hidden_size});
-  auto attended = layer.attention_norm(fast_dropout(layer.attention_dense(context), hidden_dropout_, is_training()) + x);
+  auto attended_heads = written_out ? written_out_attention(q, k, v, key_bias)
+                                    : at::scaled_dot_product_attention(
+                                          q, k, v, key_mask.defined() ? std::optional<torch::Tensor>(key_mask) : std::nullopt,
+                                          0.0, /*is_causal=*/false);
+  auto context = attended_heads.transpose(1, 2).reshape({batch, seq, config_.hidden_size});
+  auto attended = layer.attention_norm(dropout_add(layer.attention_dense(context), x, hidden_dropout_, is_training()));
   auto inner = activation(layer.intermediate(attended));
-  return layer.output_norm(fast_dropout(layer.output(inner), hidden_dropout_, is_training()) + attended);
+  return layer.output_norm(dropout_add(layer.output(inner), attended, hidden_dropout_, is_training()));
 }
 
-// Scaled dot-product attention over [batch, heads, seq, head_dim] with a boolean
-// key-padding mask [batch, 1, 1, seq]. SDPA's fused kernels serve inference and
-// CUDA; CPU training with attention dropout takes SDPA's math path anyway, whose
-// dropout draws each element with bernoulli_, so there the same math is written
-// out with the fast dropout mask (enstack/model/dropout.h).
-torch::Tensor EncoderClassifier::attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                           const torch::Tensor& key_mask) {
-  const double p = is_training() ? config_.attention_probs_dropout_prob : 0.0;
-  if (p == 0.0 || !q.device().is_cpu()) {
-    auto mask = key_mask.defined() ? std::optional<torch::Tensor>(key_mask) : std::nullopt;
-    return at::scaled_dot_product_attention(q, k, v, mask, p, /*is_causal=*/false);
-  }
-  auto scores = torch::matmul(q, k.transpose(-2, -1)).mul_(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-  if (key_mask.defined()) {
-    // An additive [batch, 1, 1, seq] bias of 0 / -inf: a broadcast add (whose backward is
-    // free) instead of a masked_fill over the whole score tensor in both directions.
-    // Every row keeps its first token (<s>/[CLS]), so no row is fully masked.
-    auto bias = torch::zeros(key_mask.sizes(), scores.options())
-                    .masked_fill_(key_mask.logical_not(), -std::numeric_limits<float>::infinity());
-    scores.add_(bias);
-  }
-  auto probs = torch::softmax(scores, -1);
-  return torch::matmul(fast_dropout(probs, p, true), v);
+// SDPA's fused kernels serve inference and everything without attention dropout.
+// CPU training with attention dropout would take SDPA's math path, whose dropout
+// draws each element with bernoulli_ and keeps a [batch, heads, seq, seq] mask;
+// there the same math is written out with the mask-free fused softmax + dropout
+// (enstack/model/dropout.h). On CUDA SDPA (with its own dropout) serves training too.
+bool EncoderClassifier::use_written_out_attention(const torch::Tensor& x) const {
+  return is_training() && config_.attention_probs_dropout_prob > 0.0 && x.device().is_cpu();
+}
+
+// Attention over [batch, heads, seq, head_dim] queries already scaled by
+// 1/sqrt(head_dim), with an additive [batch, 1, 1, seq] key-padding bias (0 or -inf)
+// or none: a broadcast add (whose backward is free) instead of a masked_fill over
+// the whole score tensor in both directions.
+torch::Tensor EncoderClassifier::written_out_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                                       const torch::Tensor& v, const torch::Tensor& key_bias) {
+  auto scores = torch::matmul(q, k.transpose(-2, -1));
+  if (key_bias.defined()) scores.add_(key_bias);
+  return torch::matmul(softmax_dropout(scores, config_.attention_probs_dropout_prob, true), v);
 }
 
 torch::Tensor EncoderClassifier::encode(const torch::Tensor& input_ids,
@@ -205,10 +213,18 @@ torch::Tensor EncoderClassifier::encode(const torch::Tensor& input_ids,
                 "attention_mask shape ", attention_mask.sizes(), " differs from input_ids shape ",
                 input_ids.sizes(), ".");
   // Boolean key-padding mask [batch, 1, 1, seq]: true where a key may be attended.
-  torch::Tensor key_mask;
-  if (attention_mask.defined()) key_mask = attention_mask.to(torch::kBool).view({input_ids.size(0), 1, 1, seq});
+  // The written-out attention path takes the same mask as an additive bias of 0 / -inf;
+  // every row keeps its first token (<s>/[CLS]), so no row is fully masked.
+  torch::Tensor key_mask, key_bias;
   auto x = embed(input_ids, token_type_ids);
-  for (auto& layer : layers_) x = layer_forward(layer, x, key_mask);
+  if (attention_mask.defined()) {
+    key_mask = attention_mask.to(torch::kBool).view({input_ids.size(0), 1, 1, seq});
+    if (use_written_out_attention(x)) {
+      key_bias = torch::zeros(key_mask.sizes(), x.options())
+                     .masked_fill_(key_mask.logical_not(), -std::numeric_limits<float>::infinity());
+    }
+  }
+  for (auto& layer : layers_) x = layer_forward(layer, x, key_mask, key_bias);
   return x;
 }
 

@@ -28,12 +28,7 @@ void multiply_wide(uint64_t a, uint64_t b, uint64_t& high, uint64_t& low) {
 
 }  // namespace
 
-uint64_t SplitMix64::next() {
-  uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+uint64_t SplitMix64::next() { return splitmix64_mix(state_ += 0x9e3779b97f4a7c15ULL); }
 
 uint64_t mix_seed(uint64_t a, uint64_t b) {
   SplitMix64 first(a);

@@ -45,6 +45,14 @@ TEST(RngTest, SplitMix64MatchesPublishedOutputs) {
   EXPECT_EQ(sm.next(), 0x06c45d188009454fULL);
 }
 
+TEST(RngTest, SplitMix64AtReadsAnyPositionOfTheStream) {
+  // The random-access form dropout masks use equals stepping the generator.
+  for (uint64_t seed : {uint64_t{0}, uint64_t{42}, ~uint64_t{0}}) {
+    util::SplitMix64 sm(seed);
+    for (uint64_t i = 0; i < 1000; ++i) EXPECT_EQ(util::splitmix64_at(seed, i), sm.next()) << seed << " " << i;
+  }
+}
+
 TEST(RngTest, Xoshiro256StarStarMatchesReferenceVectors) {
   // The reference implementation's first outputs from the state {1, 2, 3, 4}.
   auto rng = util::Rng::from_state({1, 2, 3, 4});

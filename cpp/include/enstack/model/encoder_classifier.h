@@ -57,11 +57,13 @@ class EncoderClassifier : public torch::nn::Module {
 
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& token_type_ids);
   torch::Tensor position_ids(const torch::Tensor& input_ids) const;
-  torch::Tensor layer_forward(Layer& layer, const torch::Tensor& x,
-                              const torch::Tensor& key_mask);
+  // key_mask: boolean [batch, 1, 1, seq] (SDPA); key_bias: the same as 0 / -inf (written-out path).
+  torch::Tensor layer_forward(Layer& layer, const torch::Tensor& x, const torch::Tensor& key_mask,
+                              const torch::Tensor& key_bias);
   torch::Tensor activation(const torch::Tensor& x) const;
-  torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                          const torch::Tensor& key_mask);
+  bool use_written_out_attention(const torch::Tensor& x) const;
+  torch::Tensor written_out_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                      const torch::Tensor& key_bias);
   void init_linear(torch::nn::Linear& linear);
 
   EncoderConfig config_;

@@ -22,6 +22,20 @@ class SplitMix64 {
   uint64_t state_;
 };
 
+// SplitMix64's output mixer (a bijection of 64-bit words).
+constexpr uint64_t splitmix64_mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Output number `index` (from 0) of SplitMix64(seed), in O(1): the generator is a
+// counter (state += golden gamma) through the mixer, so any position can be read
+// directly. Dropout masks use this to regenerate any element's bits in backward.
+constexpr uint64_t splitmix64_at(uint64_t seed, uint64_t index) {
+  return splitmix64_mix(seed + (index + 1) * 0x9e3779b97f4a7c15ULL);
+}
+
 // Mixes two values into one well-spread seed, e.g. (run seed, epoch).
 uint64_t mix_seed(uint64_t a, uint64_t b);
 
