@@ -3,35 +3,23 @@
 // then the "every N steps" blocks (log, evaluate, save, stop?).
 #include "enstack/train/trainer.h"
 
-#include <ATen/DeviceAccelerator.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <c10/util/Exception.h>
 #include <unistd.h>
 
-#include <chrono>
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <sstream>
 
-#include "enstack/ckpt/async_saver.h"
-#include "enstack/ckpt/checkpoint_dir.h"
 #include "enstack/data/epoch_plan.h"
-#include "enstack/data/loader.h"
-#include "enstack/model/weights.h"
-#include "enstack/train/adamw.h"
 #include "enstack/train/clip.h"
-#include "enstack/train/grad_scaler.h"
-#include "enstack/train/schedule.h"
 #include "enstack/util/error.h"
-#include "enstack/util/files.h"
 #include "enstack/util/logging.h"
-#include "trainer_state.h"
+#include "trainer_impl.h"
 
 namespace enstack::train {
-namespace fs = std::filesystem;
 namespace {
 
 std::atomic<bool> g_sigint{false};
@@ -88,16 +76,6 @@ std::vector<torch::Tensor> defined_grads(const std::vector<torch::Tensor>& param
   return grads;
 }
 
-std::string step_name(int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
-  return name;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 // Resident set size of this process (Linux), 0 where unavailable.
 int64_t resident_bytes() {
   long pages = 0, resident = 0;
@@ -108,132 +86,7 @@ int64_t resident_bytes() {
   return static_cast<int64_t>(resident) * ::sysconf(_SC_PAGESIZE);
 }
 
-// SWA starts after 75% of the epochs unless the config says when.
-int64_t swa_start_epoch(const TrainerOptions& o) {
-  return o.swa_start_epoch > 0 ? o.swa_start_epoch : std::min(o.epochs, o.epochs * 3 / 4 + 1);
-}
-
-ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o) {
-  ckpt::AsyncSaverOptions a;
-  a.coalesce = o.save_coalesce;
-  a.synchronous = !o.async_save;
-  a.keep_steps = static_cast<int>(o.save_total_limit);
-  if (!o.mirror_dir.empty()) a.mirror_root = fs::path(o.mirror_dir) / "checkpoints";
-  return a;
-}
-
 }  // namespace
-
-// Everything one fit() needs, so the loop reads as plain statements.
-struct Trainer::Impl {
-  Trainer& t;
-  const TrainerOptions& o;
-  model::EncoderClassifier& model;
-  torch::Device device;
-  AdamW optimizer;
-  GradScaler scaler;
-  Schedule schedule;
-  std::unique_ptr<SwaAverage> swa;
-  ckpt::AsyncSaver saver;
-  double snapshot_wait_seconds = 0.0;  // training time spent waiting for checkpoint copies
-  int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0, swa_start_step = 0;
-  // Fault injection for tests: the optimizer step (1-based) whose forward runs out of memory.
-  int64_t inject_oom_at_step = std::getenv("ENSTACK_INJECT_OOM_AT_STEP")
-                                   ? std::atoll(std::getenv("ENSTACK_INJECT_OOM_AT_STEP")) : -1;
-  TrainerState s;
-  FitResult result;
-  const Callback& callback;
-  bool stop_requested = false;
-  // since the last log record
-  double loss_sum = 0, norm_sum = 0;
-  int64_t log_windows = 0, log_samples = 0, log_tokens = 0;
-  std::chrono::steady_clock::time_point log_start = std::chrono::steady_clock::now();
-
-  Impl(Trainer& trainer, const Callback& cb)
-      : t(trainer), o(trainer.options_), model(*trainer.model_), device(trainer.options_.device),
-        optimizer(named_parameters(), adamw_options()), scaler(scaler_options()),
-        schedule(parse_schedule(o.lr_schedule)), saver(saver_options(trainer.options_)), callback(cb) {
-    windows_per_epoch = data::EpochPlan::num_windows(
-        (t.train_->size() + o.batch_size - 1) / o.batch_size, o.grad_accum);
-    total_steps = windows_per_epoch * o.epochs;
-    warmup = o.warmup_steps > 0 ? o.warmup_steps : warmup_steps_for(o.warmup_ratio, total_steps);
-    if (o.swa_enabled) {
-      swa = std::make_unique<SwaAverage>(named_parameters());
-      swa_start_step = (swa_start_epoch(o) - 1) * windows_per_epoch;
-    }
-  }
-
-  std::vector<std::pair<std::string, torch::Tensor>> named_parameters() {
-    std::vector<std::pair<std::string, torch::Tensor>> out;
-    for (const auto& item : model.named_parameters(true)) out.emplace_back(item.key(), item.value());
-    return out;
-  }
-  AdamWOptions adamw_options() const {
-    AdamWOptions a;
-    a.lr = o.learning_rate;
-    a.weight_decay = o.weight_decay;
-    return a;
-  }
-  GradScalerOptions scaler_options() const {
-    GradScalerOptions g;
-    g.enabled = o.precision == "fp16";
-    return g;
-  }
-  nlohmann::json options_json() const;
-
-  bool emit(const nlohmann::json& record) {
-    if (callback && !callback(record)) stop_requested = true;
-    return !stop_requested;
-  }
-
-  std::vector<fs::path> checkpoint_roots() const {
-    std::vector<fs::path> roots{t.checkpoints_dir()};
-    if (!o.mirror_dir.empty()) roots.push_back(fs::path(o.mirror_dir) / "checkpoints");
-    return roots;
-  }
-  double learning_rate(int64_t step) const;
-  // A fresh runtime that resumes from the mirror gets the model-only directories
-  // (best/, swa/) back too, so evaluation and stacking find them where they expect.
-  void restore_from_mirror() {
-    if (o.mirror_dir.empty()) return;
-    for (const char* name : {"best", "swa"}) {
-      const fs::path local = t.checkpoints_dir() / name, mirrored = fs::path(o.mirror_dir) / "checkpoints" / name;
-      if (fs::exists(local / ckpt::kManifestName) || !fs::exists(mirrored / ckpt::kManifestName)) continue;
-      try {
-        ckpt::copy_checkpoint(mirrored, local);
-        ENSTACK_LOG_INFO("restored ", local.string(), " from the mirror");
-      } catch (const std::exception& e) {
-        ENSTACK_LOG_WARN("could not restore ", local.string(), " from the mirror: ", e.what());
-      }
-    }
-  }
-  void update_swa();
-  void finalize_swa();
-  void report_saves();
-  [[noreturn]] void out_of_memory(const c10::Error& e, const data::StepWindow& window);
-
-  void begin(bool resume);
-  void run_epoch();
-  double run_window(data::Loader& loader, const data::StepWindow& window);
-  void after_step(double lr, double norm);
-  void evaluate_and_track();
-  void save(const std::string& name);
-  void check_interrupt();
-  FitResult finish();
-  void fill_swa_result() {
-    result.swa_count = s.swa_count;
-    result.swa_eval = s.swa_eval;
-    if (s.swa_count > 0) result.swa_dir = (t.checkpoints_dir() / "swa").string();
-  }
-};
-
-nlohmann::json Trainer::Impl::options_json() const {
-  return {{"epochs", o.epochs}, {"batch_size", o.batch_size}, {"grad_accum", o.grad_accum},
-          {"learning_rate", o.learning_rate}, {"seed", o.seed}, {"precision", o.precision},
-          {"lr_schedule", o.lr_schedule}, {"total_steps", total_steps}, {"warmup_steps", warmup},
-          {"train_examples", t.train_->size()}, {"batches_per_epoch", (t.train_->size() + o.batch_size - 1) / o.batch_size},
-          {"steps_per_epoch", windows_per_epoch}, {"swa_enabled", o.swa_enabled}};
-}
 
 void Trainer::Impl::begin(bool resume) {
   if (o.num_threads > 0) at::set_num_threads(o.num_threads);
@@ -341,91 +194,6 @@ void Trainer::Impl::after_step(double lr, double norm) {
   if (o.save_steps > 0 && s.global_step % o.save_steps == 0) save(step_name(s.global_step));
 }
 
-void Trainer::Impl::evaluate_and_track() {
-  if (!t.eval_) return;
-  const auto metrics = t.evaluate(*t.eval_);
-  const double value = metrics.get(o.metric_for_best);
-  auto record = metrics.to_json(o.label_names);
-  record["step"] = s.global_step;
-  record["epoch"] = s.epoch;
-  fs::create_directories(fs::path(o.output_dir) / "metrics");
-  util::write_file_atomic(fs::path(o.output_dir) / "metrics" / util::str_cat("eval-step-", s.global_step, ".json"),
-                          record.dump(2));
-  s.last_eval = record;
-  const bool first = std::isnan(s.best_metric);
-  const bool improved = first || (o.greater_is_better ? value > s.best_metric + o.threshold
-                                                      : value < s.best_metric - o.threshold);
-  if (improved) {
-    s.best_metric = value;
-    s.best_step = s.global_step;
-    s.best_eval = record;
-    s.patience_counter = 0;
-    saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16",
-                                {{"metric", o.metric_for_best}, {"value", value}}, &saver.pool()),
-                 t.checkpoints_dir() / "best");
-  } else {
-    ++s.patience_counter;
-  }
-  ENSTACK_LOG_INFO("eval at step ", s.global_step, ": ", o.metric_for_best, " ", value,
-                   improved ? " (best so far)" : "", ", accuracy ", metrics.accuracy);
-  emit({{"event", "eval"}, {"step", s.global_step}, {"metrics", record}, {"best", improved}});
-  if (o.patience > 0 && s.patience_counter >= o.patience) {
-    s.early_stopped = true;
-    ENSTACK_LOG_INFO("early stopping: ", o.metric_for_best, " did not improve by more than ", o.threshold, " in ",
-                     o.patience, " evaluations");
-  }
-}
-
-void Trainer::Impl::save(const std::string& name) {
-  const auto start = std::chrono::steady_clock::now();
-  auto snapshot = snapshot_full_checkpoint(model, optimizer, scaler, swa.get(), s, options_json(), device,
-                                           &saver.pool());
-  const double snapshot_seconds = seconds_since(start);
-  const double waited = saver.submit(std::move(snapshot), t.checkpoints_dir() / name);
-  if (waited > 0.05) {
-    ENSTACK_LOG_INFO("waited ", waited, " s for the previous checkpoint to be written (train.save_coalesce: true "
-                     "replaces a queued save instead of waiting)");
-  }
-  ENSTACK_LOG_DEBUG("checkpoint ", name, ": snapshot ", snapshot_seconds, " s, then written in the background");
-  report_saves();
-}
-
-// Turns the saver's events (writes finished or failed, mirror copies) into log
-// records and callback records; called at step boundaries and after flushes.
-void Trainer::Impl::report_saves() {
-  for (const auto& e : saver.drain()) {
-    using Kind = ckpt::SaveEvent::Kind;
-    nlohmann::json record = {{"event", ckpt::SaveEvent::name(e.kind)}, {"step", e.step}, {"path", e.path},
-                             {"seconds", e.seconds}, {"bytes", e.bytes}};
-    if (!e.error.empty()) record["error"] = e.error;
-    const std::string dir = fs::path(e.path).filename().string();
-    if (e.kind == Kind::kSaved && (dir.rfind("step-", 0) == 0 || dir == "recovery")) result.last_checkpoint = e.path;
-    if (e.kind == Kind::kSaveFailed) ++result.save_errors;
-    emit(record);
-  }
-}
-
-[[noreturn]] void Trainer::Impl::out_of_memory(const c10::Error& e, const data::StepWindow& window) {
-  // The step did not happen: drop its partial gradients and save the state before it.
-  optimizer.zero_grad();
-  if (device.is_cuda()) at::accelerator::emptyCache();
-  std::string saved = "nothing could be saved";
-  try {
-    save("recovery");
-    saver.flush();
-    report_saves();
-    saved = "the state before this step is in " + (t.checkpoints_dir() / "recovery").string();
-  } catch (const std::exception& inner) {
-    saved = std::string("saving a recovery checkpoint failed too (") + inner.what() + ")";
-  }
-  throw Error(util::str_cat(
-      "out of memory at optimizer step ", s.global_step + 1, " (epoch ", s.epoch + 1, ", batches ", window.first_batch,
-      "..", window.end_batch - 1, "); ", saved, ". To fit: lower train.batch_size and raise train.grad_accum by "
-      "the same factor (the effective batch stays the same, e.g. batch_size ", std::max<int64_t>(1, o.batch_size / 2),
-      " with grad_accum ", o.grad_accum * 2, "), lower model.max_length, or use precision fp16 (CUDA) / bf16; then "
-      "resume with allow_changes (the batch layout changed). Device message: ", e.what_without_backtrace()));
-}
-
 double Trainer::Impl::learning_rate(int64_t step) const {
   const double scheduled = o.learning_rate * lr_multiplier(schedule, step, warmup, total_steps);
   if (!swa || o.swa_lr <= 0 || step < swa_start_step) return scheduled;
@@ -436,46 +204,6 @@ double Trainer::Impl::learning_rate(int64_t step) const {
                                             static_cast<double>(std::max<int64_t>(1, windows_per_epoch)));
   const double alpha = (1.0 - std::cos(M_PI * t_anneal)) / 2.0;
   return o.swa_lr * alpha + from * (1.0 - alpha);
-}
-
-void Trainer::Impl::update_swa() {
-  snapshot_wait_seconds += saver.wait_for_snapshots();
-  swa->update();
-  s.swa_count = swa->count();
-}
-
-// Evaluates the SWA model and exports it to swa/ (model only); the live weights are
-// swapped back afterwards, so training state and the final checkpoint are unaffected.
-void Trainer::Impl::finalize_swa() {
-  if (!swa || swa->count() == 0) return;
-  snapshot_wait_seconds += saver.wait_for_snapshots();
-  swa->swap_with_parameters();
-  try {
-    nlohmann::json extra = {{"swa_count", swa->count()}};
-    if (t.eval_) {
-      const auto metrics = t.evaluate(*t.eval_);
-      auto record = metrics.to_json(o.label_names);
-      record["step"] = s.global_step;
-      record["swa_count"] = swa->count();
-      fs::create_directories(fs::path(o.output_dir) / "metrics");
-      util::write_file_atomic(fs::path(o.output_dir) / "metrics" / "eval-swa.json", record.dump(2));
-      s.swa_eval = record;
-      extra["metric"] = o.metric_for_best;
-      extra["value"] = metrics.get(o.metric_for_best);
-      ENSTACK_LOG_INFO("SWA model (", swa->count(), " snapshots): ", o.metric_for_best, " ",
-                       metrics.get(o.metric_for_best), ", accuracy ", metrics.accuracy,
-                       s.best_eval.is_null() ? "" : util::str_cat(" (best checkpoint: ", s.best_metric, ")"));
-      emit({{"event", "swa_eval"}, {"step", s.global_step}, {"metrics", record}});
-    }
-    saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16", extra, &saver.pool()),
-                 t.checkpoints_dir() / "swa");
-    snapshot_wait_seconds += saver.wait_for_snapshots();  // the copy reads the swapped-in weights
-  } catch (...) {
-    saver.wait_for_snapshots();
-    swa->swap_with_parameters();
-    throw;
-  }
-  swa->swap_with_parameters();
 }
 
 void Trainer::Impl::check_interrupt() {

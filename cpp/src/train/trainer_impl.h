@@ -1,0 +1,145 @@
+// The trainer's per-fit() state and steps, shared by the loop (trainer.cpp) and
+// what it writes (trainer_checkpoints.cpp: evaluations and the best model,
+// checkpoints and their reports, SWA, out-of-memory recovery). Private to the trainer.
+#pragma once
+
+#include <ATen/DeviceAccelerator.h>
+#include <c10/util/Exception.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "enstack/ckpt/async_saver.h"
+#include "enstack/ckpt/checkpoint_dir.h"
+#include "enstack/data/loader.h"
+#include "enstack/train/adamw.h"
+#include "enstack/train/grad_scaler.h"
+#include "enstack/train/schedule.h"
+#include "enstack/train/swa.h"
+#include "enstack/train/trainer.h"
+#include "trainer_state.h"
+
+namespace enstack::train {
+namespace fs = std::filesystem;
+
+inline std::string step_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
+  return name;
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// SWA starts after 75% of the epochs unless the config says when.
+inline int64_t swa_start_epoch(const TrainerOptions& o) {
+  return o.swa_start_epoch > 0 ? o.swa_start_epoch : std::min(o.epochs, o.epochs * 3 / 4 + 1);
+}
+
+inline ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o) {
+  ckpt::AsyncSaverOptions a;
+  a.coalesce = o.save_coalesce;
+  a.synchronous = !o.async_save;
+  a.keep_steps = static_cast<int>(o.save_total_limit);
+  if (!o.mirror_dir.empty()) a.mirror_root = fs::path(o.mirror_dir) / "checkpoints";
+  return a;
+}
+
+// Everything one fit() needs, so the loop reads as plain statements.
+struct Trainer::Impl {
+  Trainer& t;
+  const TrainerOptions& o;
+  model::EncoderClassifier& model;
+  torch::Device device;
+  AdamW optimizer;
+  GradScaler scaler;
+  Schedule schedule;
+  std::unique_ptr<SwaAverage> swa;
+  ckpt::AsyncSaver saver;
+  double snapshot_wait_seconds = 0.0;  // training time spent waiting for checkpoint copies
+  int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0, swa_start_step = 0;
+  // Fault injection for tests: the optimizer step (1-based) whose forward runs out of memory.
+  int64_t inject_oom_at_step = std::getenv("ENSTACK_INJECT_OOM_AT_STEP")
+                                   ? std::atoll(std::getenv("ENSTACK_INJECT_OOM_AT_STEP")) : -1;
+  TrainerState s;
+  FitResult result;
+  const Callback& callback;
+  bool stop_requested = false;
+  // since the last log record
+  double loss_sum = 0, norm_sum = 0;
+  int64_t log_windows = 0, log_samples = 0, log_tokens = 0;
+  std::chrono::steady_clock::time_point log_start = std::chrono::steady_clock::now();
+
+  Impl(Trainer& trainer, const Callback& cb)
+      : t(trainer), o(trainer.options_), model(*trainer.model_), device(trainer.options_.device),
+        optimizer(named_parameters(), adamw_options()), scaler(scaler_options()),
+        schedule(parse_schedule(o.lr_schedule)), saver(saver_options(trainer.options_)), callback(cb) {
+    windows_per_epoch = data::EpochPlan::num_windows(
+        (t.train_->size() + o.batch_size - 1) / o.batch_size, o.grad_accum);
+    total_steps = windows_per_epoch * o.epochs;
+    warmup = o.warmup_steps > 0 ? o.warmup_steps : warmup_steps_for(o.warmup_ratio, total_steps);
+    if (o.swa_enabled) {
+      swa = std::make_unique<SwaAverage>(named_parameters());
+      swa_start_step = (swa_start_epoch(o) - 1) * windows_per_epoch;
+    }
+  }
+
+  std::vector<std::pair<std::string, torch::Tensor>> named_parameters() {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (const auto& item : model.named_parameters(true)) out.emplace_back(item.key(), item.value());
+    return out;
+  }
+  AdamWOptions adamw_options() const {
+    AdamWOptions a;
+    a.lr = o.learning_rate;
+    a.weight_decay = o.weight_decay;
+    return a;
+  }
+  GradScalerOptions scaler_options() const {
+    GradScalerOptions g;
+    g.enabled = o.precision == "fp16";
+    return g;
+  }
+  nlohmann::json options_json() const;
+
+  bool emit(const nlohmann::json& record) {
+    if (callback && !callback(record)) stop_requested = true;
+    return !stop_requested;
+  }
+
+  std::vector<fs::path> checkpoint_roots() const {
+    std::vector<fs::path> roots{t.checkpoints_dir()};
+    if (!o.mirror_dir.empty()) roots.push_back(fs::path(o.mirror_dir) / "checkpoints");
+    return roots;
+  }
+  double learning_rate(int64_t step) const;
+  // A fresh runtime that resumes from the mirror gets the model-only directories
+  // (best/, swa/) back too, so evaluation and stacking find them where they expect.
+  void restore_from_mirror();
+  void update_swa();
+  void finalize_swa();
+  void report_saves();
+  [[noreturn]] void out_of_memory(const c10::Error& e, const data::StepWindow& window);
+
+  void begin(bool resume);
+  void run_epoch();
+  double run_window(data::Loader& loader, const data::StepWindow& window);
+  void after_step(double lr, double norm);
+  void evaluate_and_track();
+  void save(const std::string& name);
+  void check_interrupt();
+  FitResult finish();
+  void fill_swa_result() {
+    result.swa_count = s.swa_count;
+    result.swa_eval = s.swa_eval;
+    if (s.swa_count > 0) result.swa_dir = (t.checkpoints_dir() / "swa").string();
+  }
+};
+
+}  // namespace enstack::train
