@@ -59,6 +59,7 @@ transformers ``group_by_length``, in 5.x
     python benchmarks/train.py --examples 400 --grouping grouped   # quick smoke run
     python benchmarks/train.py --juliet ../shared/data/juliet/juliet_c.jsonl.gz --examples 2000 --grouping grouped
     python benchmarks/train.py --threads 2 --batch-size 32    # on an idle machine
+    python benchmarks/train.py --precision bf16 --grouping grouped   # bf16 autocast in both (AMX CPUs)
 
 This is a benchmark, not a test: it asserts nothing and only prints numbers.
 """
@@ -123,7 +124,7 @@ def overrides(args, work: Path, data_overrides: Dict[str, Any]) -> Dict[str, Any
          "model.max_length": args.max_length, "model.tokenizer.kind": "sentencepiece",
          "model.tokenizer.vocab_size": args.vocab, "train.epochs": 1, "train.batch_size": args.batch_size,
          "train.grad_accum": 1, "train.learning_rate": args.lr, "train.weight_decay": 0.01,
-         "train.warmup_ratio": 0.1, "train.max_grad_norm": 1.0, "train.precision": "fp32",
+         "train.warmup_ratio": 0.1, "train.max_grad_norm": 1.0, "train.precision": args.precision,
          "train.eval_strategy": "epoch", "train.save_steps": 1_000_000_000, "train.logging_steps": 1}
     o.update(data_overrides)
     return o
@@ -237,7 +238,8 @@ def worker_transformers(spec: Dict[str, Any]) -> Dict[str, Any]:
         gradient_accumulation_steps=1, learning_rate=spec["lr"], weight_decay=0.01,
         lr_scheduler_type="linear", max_grad_norm=1.0, num_train_epochs=1, seed=spec["seed"],
         optim="adamw_torch_fused", eval_strategy="no", save_strategy="no", logging_steps=50, report_to=[],
-        dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, **grouping)
+        dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, bf16=spec["precision"] == "bf16",
+        **grouping)
 
     marks: Dict[str, Any] = {}
 
@@ -290,6 +292,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads for both (default 1: robust on a shared machine)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="both trainers: fp32, or bf16 autocast on the CPU (transformers bf16=True)")
     p.add_argument("--grouping", choices=["both", "grouped", "ungrouped"], default="both",
                    help="length-grouped sampling, random order, or both (default)")
     p.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temp dir)")
@@ -335,6 +339,7 @@ def main() -> None:
 
         peak_before = gemm_peak(args.threads)
         spec = {"threads": args.threads, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+                "precision": args.precision,
                 "overrides": o, "store": str(split.store_path), "vocab_size": vocab_size,
                 "num_labels": len(split.label_names), "hf_output_dir": str(work / "hf")}
         groupings = {"both": [True, False], "grouped": [True], "ungrouped": [False]}[args.grouping]
@@ -353,7 +358,7 @@ def main() -> None:
               f"token-weighted seq {seq_token_weighted:.1f}), max_length {args.max_length}, vocab {vocab_size}")
         print(f"  model   RoBERTa {SHAPE}, {ours['params']:,} parameters "
               f"({ours['non_embedding_params']:,} non-embedding), dropout 0.1")
-        print(f"  setup   batch {args.batch_size}, grad_accum 1, lr {args.lr:g}, 1 epoch, fp32, {args.threads} "
+        print(f"  setup   batch {args.batch_size}, grad_accum 1, lr {args.lr:g}, 1 epoch, {args.precision}, {args.threads} "
               f"threads; tokenization and setup ({setup_s:.1f} s) excluded")
         print(f"  machine {os.cpu_count()} cores; 1-minute load average {load_before:.2f} before, "
               f"{os.getloadavg()[0]:.2f} after (other work slows both and adds noise)")

@@ -48,10 +48,16 @@ def config(data_files, out, **more):
     return enstack.load_config("configs/demo.yaml", overrides=overrides(data_files, out, **more))
 
 
-def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path):
+# bf16: the reference runs its forward under torch.autocast("cpu", torch.bfloat16).
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision):
+    import contextlib
+
     from enstack._C.data import EpochPlan, Loader
 
-    cfg = config(data_files, tmp_path / "run", **{"model.dropout": 0.0, "train.warmup_ratio": 0.25})
+    cfg = config(data_files, tmp_path / "run", **{"model.dropout": 0.0, "train.warmup_ratio": 0.25,
+                                                   "train.precision": precision})
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     trainer = enstack.Trainer(cfg)
     trainer._setup(progress=False)
     store = trainer._splits["train"].open()
@@ -78,8 +84,9 @@ def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path):
     for window in plan.windows(2)[:steps]:
         first, end, n = window["first_batch"], window["end_batch"], window["num_samples"]
         for b in batches[first:end]:
-            loss = torch.nn.functional.cross_entropy(reference(b["input_ids"], b["attention_mask"]), b["labels"],
-                                                     reduction="sum") / n
+            with autocast():
+                logits = reference(b["input_ids"], b["attention_mask"])
+            loss = torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum") / n
             loss.backward()
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
         opt.step()
@@ -161,20 +168,22 @@ def test_accumulation_equals_the_full_batch_update(data_files, tmp_path):
         torch.testing.assert_close(results["accum"][k], v, atol=1e-6, rtol=1e-5, msg=k)
 
 
-def test_stopping_writes_recovery_and_resume_continues_exactly(data_files, tmp_path):
-    straight = enstack.Trainer(config(data_files, tmp_path / "a", **{"train.epochs": 1}))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stopping_writes_recovery_and_resume_continues_exactly(data_files, tmp_path, precision):
+    one = {"train.epochs": 1, "train.precision": precision}
+    straight = enstack.Trainer(config(data_files, tmp_path / "a", **one))
     steps = straight.fit(resume=False, progress=False).global_step
-    interrupted = enstack.Trainer(config(data_files, tmp_path / "b", **{"train.epochs": 1}))
+    interrupted = enstack.Trainer(config(data_files, tmp_path / "b", **one))
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(resume=False, progress=False, callback=lambda r: not (r["event"] == "log" and r["step"] == 3))
     assert (tmp_path / "b" / "checkpoints" / "recovery" / "MANIFEST.json").exists()
-    again = enstack.Trainer(config(data_files, tmp_path / "b", **{"train.epochs": 1}))
+    again = enstack.Trainer(config(data_files, tmp_path / "b", **one))
     result = again.fit(resume=True, progress=False)
     assert result.resumed and result.global_step == steps
     for (name, p), (_, q) in zip(straight.model.named_parameters(), again.model.named_parameters()):
         assert torch.equal(p, q), name
     # A finished run is not restarted.
-    assert enstack.Trainer(config(data_files, tmp_path / "b", **{"train.epochs": 1})).fit(progress=False).global_step == steps
+    assert enstack.Trainer(config(data_files, tmp_path / "b", **one)).fit(progress=False).global_step == steps
 
 
 def test_eval_metrics_best_model_and_result(data_files, tmp_path):
