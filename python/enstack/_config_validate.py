@@ -283,9 +283,22 @@ def _check_run(cfg: "Config", p: Problems) -> None:
     p.require(run.num_threads >= 0, "run.num_threads", f"must be >= 0 (0: all cores), got {run.num_threads}")
     p.require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", run.device) is not None, "run.device",
               f"must be auto, cpu, cuda or cuda:N, got {run.device!r}")
-    if cfg.train.precision == "fp16":
-        p.require(run.device != "cpu", "train.precision",
-                  "fp16 needs a CUDA device but run.device is cpu; use fp32 or bf16 on CPU, or device auto/cuda")
+    if cfg.train.precision == "fp16" and run.device == "cpu":
+        p.require(cpu_fp16_autocast_available(), "train.precision",
+                  "fp16 on the CPU needs a torch whose CPU autocast supports float16 (torch >= 2.4); use fp32 or "
+                  "bf16 on CPU, or device auto/cuda")
+
+
+def cpu_fp16_autocast_available() -> bool:
+    """Whether the installed torch runs CPU autocast in float16 (older builds disable it with a warning)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autocast("cpu", dtype=torch.float16):
+            return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16
 
 
 def _check_model(m: "ModelConfig", p: Problems) -> None:
@@ -436,6 +449,8 @@ def _check_train(t: "TrainConfig", p: Problems) -> None:
     p.require(0 <= t.weight_decay < 1, "train.weight_decay", f"must be in [0, 1), got {t.weight_decay}")
     p.require(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0: no clipping), got {t.max_grad_norm}")
     p.require(t.logging_steps >= 1, "train.logging_steps", f"must be >= 1, got {t.logging_steps}")
+    p.require(math.isfinite(t.loss_scale) and t.loss_scale > 0, "train.loss_scale",
+              f"must be a positive number (torch's default is 65536), got {t.loss_scale}")
     for key in ("eval_steps", "save_steps", "save_total_limit"):
         value = getattr(t, key)
         p.require(value is None or value >= 1, f"train.{key}", f"must be >= 1 or null, got {value}")

@@ -192,7 +192,10 @@ class TrainConfig(_Section):
     warmup_steps: int = _f(0, "Optimizer steps spent warming up; exclusive with warmup_ratio.")
     lr_schedule: LrSchedule = _f("linear", "linear (decay to 0), cosine or constant, each after warmup.")
     max_grad_norm: float = _f(1.0, "Clip the global gradient norm to this; 0: no clipping.")
-    precision: Precision = _f("auto", "auto (fp32 on CPU, fp16 on CUDA), fp32, bf16 or fp16 (CUDA only).")
+    precision: Precision = _f("auto", "auto (fp32 on CPU, fp16 on CUDA), fp32, bf16 or fp16 (with a loss "
+                                  "scaler; on the CPU only fast where it has FP16 units: prefer bf16 there).")
+    loss_scale: float = _f(65536.0, "fp16 only: the loss scaler's initial scale (torch.amp.GradScaler's "
+                           "init_scale); it halves on every overflow and doubles after 2000 clean steps.")
     eval_strategy: EvalStrategy = _f("epoch", "Evaluate at the end of each epoch or every eval_steps steps.")
     eval_steps: Optional[int] = _f(None, "Optimizer steps between evaluations; required for eval_strategy steps.")
     save_steps: Optional[int] = _f(None, "Optimizer steps between checkpoints; null: at every evaluation.")

@@ -134,7 +134,7 @@ class Trainer:
             "mirror_dir": str(r.mirror_dir) if r.mirror_dir else "", "save_coalesce": t.save_coalesce,
             "best_model_dtype": t.best_model_dtype, "swa_enabled": t.swa.enabled,
             "swa_start_epoch": t.swa.start_epoch or 0, "swa_every_steps": t.swa.every_steps or 0,
-            "swa_lr": t.swa.lr or 0.0,
+            "swa_lr": t.swa.lr or 0.0, "loss_scale": t.loss_scale,
         }
 
     def _setup(self, progress: bool, allow_changes: Optional[bool] = None):

@@ -242,8 +242,12 @@ def test_steps_strategy_needs_eval_steps_and_aligned_save_steps():
     assert "train.save_steps" in found and "train.early_stopping.patience" in found  # patience needs a metric
 
 
-def test_fp16_needs_cuda_unless_device_is_auto():
-    assert "needs a CUDA device" in problems(train__precision="fp16", run__device="cpu")["train.precision"]
+def test_fp16_is_accepted_on_every_device_where_torch_can_run_it(monkeypatch):
+    from enstack import _config_validate
+
+    assert problems(train__precision="fp16", run__device="cpu") == {}  # torch >= 2.4: CPU autocast in float16
+    monkeypatch.setattr(_config_validate, "cpu_fp16_autocast_available", lambda: False)
+    assert "CPU autocast supports float16" in problems(train__precision="fp16", run__device="cpu")["train.precision"]
     for device in ("auto", "cuda", "cuda:1"):
         assert problems(train__precision="fp16", run__device=device) == {}
     assert problems(train__precision="bf16", run__device="cpu") == {}

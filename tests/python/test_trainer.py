@@ -48,16 +48,21 @@ def config(data_files, out, **more):
     return enstack.load_config("configs/demo.yaml", overrides=overrides(data_files, out, **more))
 
 
-# bf16: the reference runs its forward under torch.autocast("cpu", torch.bfloat16).
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+# bf16 and fp16: the reference runs its forward under torch.autocast("cpu", dtype); fp16 adds
+# torch.amp.GradScaler (unscale before clipping, skip on inf/NaN, and, as enstack does, a
+# skipped step advances neither the schedule nor the step count).
+# The fp16 run starts at a loss scale of 2**24 so that its first steps overflow and are skipped.
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision):
     import contextlib
 
     from enstack._C.data import EpochPlan, Loader
 
+    init_scale = 2.0 ** 24
     cfg = config(data_files, tmp_path / "run", **{"model.dropout": 0.0, "train.warmup_ratio": 0.25,
-                                                   "train.precision": precision})
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+                                                   "train.precision": precision, "train.loss_scale": init_scale})
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
     trainer = enstack.Trainer(cfg)
     trainer._setup(progress=False)
     store = trainer._splits["train"].open()
@@ -75,27 +80,55 @@ def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.learning_rate, eps=1e-8,
                             fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, enabled=precision == "fp16")
     plan = EpochPlan(len(store), 8, cfg.run.seed, 0)
     total_steps = len(plan.windows(2)) * cfg.train.epochs
     sched = get_linear_schedule_with_warmup(opt, -(-total_steps // 4), total_steps)
-    batches = list(Loader(store, plan, 0, 1, 64))
-    steps = 6
+
+    def windows():  # (window, its batches) over every epoch, in the trainer's order
+        for epoch in range(cfg.train.epochs):
+            epoch_plan = EpochPlan(len(store), 8, cfg.run.seed, epoch)
+            batches = list(Loader(store, epoch_plan, 0, 1, 64))
+            for window in epoch_plan.windows(2):
+                yield window, batches[window["first_batch"]:window["end_batch"]]
+
+    steps, done, scales, skipped = 6, 0, [], 0
     reference.train()
-    for window in plan.windows(2)[:steps]:
-        first, end, n = window["first_batch"], window["end_batch"], window["num_samples"]
-        for b in batches[first:end]:
+    for window, window_batches in windows():
+        for b in window_batches:
             with autocast():
                 logits = reference(b["input_ids"], b["attention_mask"])
-            loss = torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum") / n
-            loss.backward()
+            loss = torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum") / window["num_samples"]
+            scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-        opt.step()
-        sched.step()
+        before = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad()
+        if precision == "fp16" and scaler.get_scale() < before:
+            skipped += 1
+            continue
+        sched.step()
+        done += 1
+        scales.append(scaler.get_scale())
+        if done == steps:
+            break
+    logged, logged_skips = [], []
+
+    def on_record(r):
+        if r["event"] == "log":
+            logged.append(r["loss_scale"])
+            logged_skips.append(r["skipped_steps"])
+        return not (r["event"] == "log" and r["step"] == steps)
+
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(resume=False, progress=False, callback=lambda r: not (r["event"] == "log" and r["step"] == steps))
+        trainer.fit(resume=False, progress=False, callback=on_record)
     for name, p in trainer.model.named_parameters():
         torch.testing.assert_close(p, params[name], atol=2e-6, rtol=1e-5, msg=name)
+    if precision == "fp16":
+        assert skipped > 0 and logged_skips[-1] == skipped
+        assert logged == scales
 
 
 RUNNER = textwrap.dedent("""
@@ -168,7 +201,7 @@ def test_accumulation_equals_the_full_batch_update(data_files, tmp_path):
         torch.testing.assert_close(results["accum"][k], v, atol=1e-6, rtol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_stopping_writes_recovery_and_resume_continues_exactly(data_files, tmp_path, precision):
     one = {"train.epochs": 1, "train.precision": precision}
     straight = enstack.Trainer(config(data_files, tmp_path / "a", **one))

@@ -104,6 +104,7 @@ struct Trainer::Impl {
   GradScalerOptions scaler_options() const {
     GradScalerOptions g;
     g.enabled = o.precision == "fp16";
+    g.init_scale = o.loss_scale;
     return g;
   }
   nlohmann::json options_json() const;

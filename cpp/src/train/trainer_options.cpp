@@ -33,7 +33,7 @@ void TrainerOptions::validate() const {
   need(swa_start_epoch >= 0 && swa_start_epoch <= epochs, "train.swa.start_epoch must be in 1..epochs");
   need(swa_every_steps >= 0, "train.swa.every_steps must not be negative");
   need(swa_lr >= 0 && swa_lr < 1, "train.swa.lr must be in (0, 1)");
-  need(precision != "fp16" || device.rfind("cuda", 0) == 0, "precision fp16 needs a CUDA device; use bf16 or fp32 on CPU");
+  need(std::isfinite(loss_scale) && loss_scale > 0, "train.loss_scale must be a positive number");
   const std::string text = p.str();
   ENSTACK_CHECK(text.empty(), ConfigError, "invalid training options:", text);
 }
@@ -81,6 +81,7 @@ TrainerOptions TrainerOptions::from_json(const nlohmann::json& j) {
     get("swa_start_epoch", o.swa_start_epoch);
     get("swa_every_steps", o.swa_every_steps);
     get("swa_lr", o.swa_lr);
+    get("loss_scale", o.loss_scale);
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(util::str_cat("a training option has the wrong type: ", e.what()));
   }

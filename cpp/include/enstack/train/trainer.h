@@ -39,6 +39,7 @@ struct TrainerOptions {
   std::string lr_schedule = "linear";
   double max_grad_norm = 1.0;
   std::string precision = "fp32";  // fp32 | bf16 | fp16
+  double loss_scale = 65536.0;     // fp16: the grad scaler's initial scale
   std::string eval_strategy = "epoch";  // epoch | steps
   int64_t eval_steps = 0;
   int64_t save_steps = 0;  // 0: only at epoch ends
