@@ -126,12 +126,9 @@ torch::Tensor EncoderClassifier::position_ids(const torch::Tensor& input_ids) co
   return torch::cumsum(not_pad, 1).mul_(not_pad).add_(config_.pad_token_id);
 }
 
-torch::Tensor EncoderClassifier::embed(const torch::Tensor& input_ids,
-                                       const torch::Tensor& token_type_ids) {
-  auto types = token_type_ids.defined() ? token_type_ids.to(torch::kLong)
-                                        : torch::zeros_like(input_ids, input_ids.options().dtype(torch::kLong));
-  auto x = word_embeddings_(input_ids) + token_type_embeddings_(types) +
-           position_embeddings_(position_ids(input_ids));
+torch::Tensor EncoderClassifier::embed(const torch::Tensor& input_ids, const torch::Tensor& positions,
+                                       const torch::Tensor& types) {
+  auto x = word_embeddings_(input_ids) + token_type_embeddings_(types) + position_embeddings_(positions);
   return fast_dropout(embedding_norm_(x), hidden_dropout_, is_training());
 }
 
@@ -141,9 +138,8 @@ torch::Tensor EncoderClassifier::activation(const torch::Tensor& x) const {
   return at::gelu(x, "tanh");  // gelu_new, gelu_pytorch_tanh
 }
 
-torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor& x,
-                                               const torch::Tensor& key_mask, const torch::Tensor& key_bias) {
-  const int64_t batch = x.size(0), seq = x.size(1);
+torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor& x, const Batch& b) {
+  const int64_t batch = b.batch, seq = b.seq;
   const int64_t heads = config_.num_attention_heads, head_dim = config_.head_dim();
   auto split = [&](const torch::Tensor& t) {
     return t.view({batch, seq, heads, head_dim}).transpose(1, 2);
@@ -161,18 +157,40 @@ torch::Tensor EncoderClassifier::layer_forward(Layer& layer, const torch::Tensor
   }
   auto weight = torch::cat({query_weight, layer.key->weight, layer.value->weight});
   auto bias = torch::cat({query_bias, layer.key->bias, layer.value->bias});
-  auto qkv = torch::linear(x, weight, bias).chunk(3, -1);
+  auto projected = torch::linear(x, weight, bias);
+  auto finish = [&](const torch::Tensor& context) {
+    auto attended = layer.attention_norm(dropout_add(layer.attention_dense(context), x, hidden_dropout_, is_training()));
+    auto inner = activation(layer.intermediate(attended));
+    return layer.output_norm(dropout_add(layer.output(inner), attended, hidden_dropout_, is_training()));
+  };
+  if (b.packed()) return finish(packed_attention(projected, b, written_out));
+  auto qkv = projected.chunk(3, -1);
   auto q = split(qkv[0]);
   auto k = split(qkv[1]);
   auto v = split(qkv[2]);
-  auto attended_heads = written_out ? written_out_attention(q, k, v, key_bias)
+  auto attended_heads = written_out ? written_out_attention(q, k, v, b.key_bias)
                                     : at::scaled_dot_product_attention(
-                                          q, k, v, key_mask.defined() ? std::optional<torch::Tensor>(key_mask) : std::nullopt,
+                                          q, k, v, b.key_mask.defined() ? std::optional<torch::Tensor>(b.key_mask) : std::nullopt,
                                           0.0, /*is_causal=*/false);
-  auto context = attended_heads.transpose(1, 2).reshape({batch, seq, config_.hidden_size});
-  auto attended = layer.attention_norm(dropout_add(layer.attention_dense(context), x, hidden_dropout_, is_training()));
-  auto inner = activation(layer.intermediate(attended));
-  return layer.output_norm(dropout_add(layer.output(inner), attended, hidden_dropout_, is_training()));
+  return finish(attended_heads.transpose(1, 2).reshape({batch, seq, config_.hidden_size}));
+}
+
+torch::Tensor EncoderClassifier::packed_attention(const torch::Tensor& projected, const Batch& b, bool written_out) {
+  const int64_t heads = config_.num_attention_heads, head_dim = config_.head_dim();
+  std::vector<torch::Tensor> contexts;
+  contexts.reserve(b.lengths.size());
+  int64_t offset = 0;
+  for (const int64_t length : b.lengths) {
+    // [length, 3 * hidden] -> q, k, v as [heads, length, head_dim] views
+    auto qkv = projected.narrow(0, offset, length).view({length, 3, heads, head_dim}).permute({1, 2, 0, 3});
+    auto q = qkv[0], k = qkv[1], v = qkv[2];
+    auto context = written_out ? written_out_attention(q, k, v, {})
+                               : at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                                                  std::nullopt, 0.0, false).squeeze(0);
+    contexts.push_back(context.transpose(0, 1).reshape({length, config_.hidden_size}));
+    offset += length;
+  }
+  return torch::cat(contexts);
 }
 
 // SDPA's fused kernels serve inference and everything without attention dropout.
@@ -198,6 +216,28 @@ torch::Tensor EncoderClassifier::written_out_attention(const torch::Tensor& q, c
 torch::Tensor EncoderClassifier::encode(const torch::Tensor& input_ids,
                                         const torch::Tensor& attention_mask,
                                         const torch::Tensor& token_type_ids) {
+  return run_encoder(input_ids, attention_mask, token_type_ids, /*allow_packing=*/false).first;
+}
+
+// Packing pays when a good share of the batch is padding: every position-wise layer
+// (the linear layers, LayerNorm, GELU, dropout) then runs on the real tokens only and
+// attention runs sequence by sequence at its own length, so nothing is computed for
+// padding (the transformers "padding-free" idea; attention costs sum(length^2) instead
+// of batch * longest^2). A sequence's real tokens need not be contiguous (a mask with
+// holes attends to exactly them), but its first position must be real, since the head
+// reads position 0 (left padding stays padded). CPU only: on CUDA reading the lengths
+// would synchronise every step, and many small attention calls would underuse the device.
+bool EncoderClassifier::use_packing(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const {
+  constexpr double kMinPaddingShare = 0.1;
+  if (!attention_mask.defined() || !input_ids.device().is_cpu() || input_ids.numel() == 0) return false;
+  const auto real = attention_mask.ne(0);
+  const double padding = 1.0 - real.sum().item<double>() / static_cast<double>(real.numel());
+  return padding >= kMinPaddingShare && real.select(1, 0).all().item<bool>();
+}
+
+std::pair<torch::Tensor, EncoderClassifier::Batch> EncoderClassifier::run_encoder(
+    const torch::Tensor& input_ids, const torch::Tensor& attention_mask, const torch::Tensor& token_type_ids,
+    bool allow_packing) {
   ENSTACK_CHECK(input_ids.dim() == 2, ModelError, "input_ids must be [batch, seq], got ",
                 input_ids.sizes(), ".");
   ENSTACK_CHECK(!at::isFloatingType(input_ids.scalar_type()), ModelError,
@@ -212,26 +252,42 @@ torch::Tensor EncoderClassifier::encode(const torch::Tensor& input_ids,
   ENSTACK_CHECK(!attention_mask.defined() || attention_mask.sizes() == input_ids.sizes(), ModelError,
                 "attention_mask shape ", attention_mask.sizes(), " differs from input_ids shape ",
                 input_ids.sizes(), ".");
+  Batch b;
+  b.batch = input_ids.size(0);
+  b.seq = seq;
+  auto ids = input_ids, positions = position_ids(input_ids);
+  auto types = token_type_ids.defined() ? token_type_ids.to(torch::kLong)
+                                        : torch::zeros_like(input_ids, input_ids.options().dtype(torch::kLong));
+  if (allow_packing && use_packing(input_ids, attention_mask)) {
+    const auto real = attention_mask.ne(0);
+    const auto lengths = real.sum(1).to(torch::kLong).contiguous();
+    b.lengths.assign(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + b.batch);
+    const auto index = real.reshape({-1}).nonzero().squeeze(1);
+    b.first = (torch::cumsum(lengths, 0) - lengths).to(input_ids.device());
+    ids = ids.reshape({-1}).index_select(0, index);
+    positions = positions.reshape({-1}).index_select(0, index);
+    types = types.reshape({-1}).index_select(0, index);
+  }
+  auto x = embed(ids, positions, types);
   // Boolean key-padding mask [batch, 1, 1, seq]: true where a key may be attended.
   // The written-out attention path takes the same mask as an additive bias of 0 / -inf;
   // every row keeps its first token (<s>/[CLS]), so no row is fully masked.
-  torch::Tensor key_mask, key_bias;
-  auto x = embed(input_ids, token_type_ids);
-  if (attention_mask.defined()) {
-    key_mask = attention_mask.to(torch::kBool).view({input_ids.size(0), 1, 1, seq});
+  if (attention_mask.defined() && !b.packed()) {
+    b.key_mask = attention_mask.to(torch::kBool).view({b.batch, 1, 1, seq});
     if (use_written_out_attention(x)) {
-      key_bias = torch::zeros(key_mask.sizes(), x.options())
-                     .masked_fill_(key_mask.logical_not(), -std::numeric_limits<float>::infinity());
+      b.key_bias = torch::zeros(b.key_mask.sizes(), x.options())
+                       .masked_fill_(b.key_mask.logical_not(), -std::numeric_limits<float>::infinity());
     }
   }
-  for (auto& layer : layers_) x = layer_forward(layer, x, key_mask, key_bias);
-  return x;
+  for (auto& layer : layers_) x = layer_forward(layer, x, b);
+  return {x, b};
 }
 
 torch::Tensor EncoderClassifier::forward(const torch::Tensor& input_ids,
                                          const torch::Tensor& attention_mask,
                                          const torch::Tensor& token_type_ids) {
-  auto first = encode(input_ids, attention_mask, token_type_ids).select(1, 0);
+  const auto [states, b] = run_encoder(input_ids, attention_mask, token_type_ids, /*allow_packing=*/true);
+  auto first = b.packed() ? states.index_select(0, b.first) : states.select(1, 0);
   if (config_.model_type == ModelType::kRoberta) {
     auto h = torch::tanh(head_dense_(fast_dropout(first, classifier_dropout_, is_training())));
     return head_out_(fast_dropout(h, classifier_dropout_, is_training()));

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "enstack/model/encoder_config.h"
@@ -55,11 +56,26 @@ class EncoderClassifier : public torch::nn::Module {
     torch::nn::LayerNorm output_norm{nullptr};
   };
 
-  torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& token_type_ids);
+  // What attention needs besides the hidden states. Padded layout: key_mask, boolean
+  // [batch, 1, 1, seq] (SDPA), and key_bias, the same as 0 / -inf (written-out path).
+  // Packed layout (lengths not empty): the hidden states are [real tokens, hidden],
+  // sequence after sequence, `first` the packed row of each sequence's first token.
+  struct Batch {
+    torch::Tensor key_mask, key_bias, first;
+    std::vector<int64_t> lengths;
+    int64_t batch = 0, seq = 0;
+    bool packed() const { return !lengths.empty(); }
+  };
+
+  // The encoder's output states ([batch, seq, hidden], or packed) and their layout.
+  std::pair<torch::Tensor, Batch> run_encoder(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                              const torch::Tensor& token_type_ids, bool allow_packing);
+  bool use_packing(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const;
+  torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& positions, const torch::Tensor& types);
   torch::Tensor position_ids(const torch::Tensor& input_ids) const;
-  // key_mask: boolean [batch, 1, 1, seq] (SDPA); key_bias: the same as 0 / -inf (written-out path).
-  torch::Tensor layer_forward(Layer& layer, const torch::Tensor& x, const torch::Tensor& key_mask,
-                              const torch::Tensor& key_bias);
+  torch::Tensor layer_forward(Layer& layer, const torch::Tensor& x, const Batch& b);
+  // Attention of packed [tokens, 3 * hidden] projections, one sequence at a time (no padding).
+  torch::Tensor packed_attention(const torch::Tensor& projected, const Batch& b, bool written_out);
   torch::Tensor activation(const torch::Tensor& x) const;
   bool use_written_out_attention(const torch::Tensor& x) const;
   torch::Tensor written_out_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
