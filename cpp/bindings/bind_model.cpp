@@ -104,6 +104,10 @@ void bind_model(py::module_& m) {
       .def("config_json", [](const EncoderClassifier& self) { return self.config().to_json().dump(); },
            "The config.json that save_pretrained writes, as a string.")
       .def_property_readonly("num_labels", [](const EncoderClassifier& self) { return self.config().num_labels(); })
+      .def_property("packing_min_padding", &EncoderClassifier::packing_min_padding,
+                    &EncoderClassifier::set_packing_min_padding,
+                    "CPU: batches with at least this share of padding (or of 192+ tokens) run packed (real "
+                    "tokens only, attention per sequence); 0 always packs, above 1 never.")
       .def("__repr__", [](const EncoderClassifier& self) { return self.config().to_string(); });
 
   m.def(

@@ -61,10 +61,12 @@ def _save_reference(tmp_path, spec, seed, dropout=0.1):
 
 @pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"{s[0]}-L{s[1]}-H{s[3]}-P{s[6]}")
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_eval_logits_match_transformers(tmp_path, spec, attn):
+@pytest.mark.parametrize("packing", [2.0, 0.0], ids=["padded", "packed"])
+def test_eval_logits_match_transformers(tmp_path, spec, attn, packing):
     reference = _save_reference(tmp_path, spec, seed=11).eval()
     reference = reference.__class__.from_pretrained(tmp_path, attn_implementation=attn).eval()
     ours = es_model.load(tmp_path).eval()
+    ours.packing_min_padding = packing
     ids, mask = _batch(reference.config, seed=3)
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask).logits
@@ -76,11 +78,14 @@ def test_eval_logits_match_transformers(tmp_path, spec, attn):
 # to 0, 1 / (1 - p) rounds to 1) takes the CPU training path with the written-out
 # attention (scale folded into the query weights, additive mask bias) and the fused
 # mask-free dropout kernels, which then must be the identity.
+# Each on the padded layout and packed (real tokens only, attention per sequence).
+@pytest.mark.parametrize("packing", [2.0, 0.0], ids=["padded", "packed"])
 @pytest.mark.parametrize("dropout", [0.0, 1e-9], ids=["sdpa", "written-out"])
 @pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"{s[0]}-L{s[1]}-H{s[3]}-P{s[6]}")
-def test_loss_and_every_gradient_match_transformers_in_train_mode(tmp_path, spec, dropout):
+def test_loss_and_every_gradient_match_transformers_in_train_mode(tmp_path, spec, dropout, packing):
     reference = _save_reference(tmp_path, spec, seed=5, dropout=dropout).train()
     ours = es_model.load(tmp_path).train()
+    ours.packing_min_padding = packing
     ids, mask = _batch(reference.config, seed=9)
     labels = torch.arange(ids.shape[0]) % reference.config.num_labels
 

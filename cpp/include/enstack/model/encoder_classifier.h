@@ -40,6 +40,12 @@ class EncoderClassifier : public torch::nn::Module {
 
   const EncoderConfig& config() const { return config_; }
 
+  // On CPU, a batch whose padding share is at least this (or whose sequences are long)
+  // runs packed (see use_packing in encoder_classifier.cpp); 0 always packs, > 1 never.
+  // For benchmarks and tests of both paths.
+  void set_packing_min_padding(double share) { packing_min_padding_ = share; }
+  double packing_min_padding() const { return packing_min_padding_; }
+
   // Names of the classification-head parameters (initialised fresh when a base
   // checkpoint has none).
   std::vector<std::string> head_parameter_names() const;
@@ -87,6 +93,7 @@ class EncoderClassifier : public torch::nn::Module {
       token_type_embeddings_{nullptr};
   torch::nn::LayerNorm embedding_norm_{nullptr};
   double hidden_dropout_ = 0.0, classifier_dropout_ = 0.0;  // see enstack/model/dropout.h
+  double packing_min_padding_ = 0.15;
   std::vector<Layer> layers_;
   torch::nn::Linear head_dense_{nullptr};  // RoBERTa: classifier.dense; BERT: bert.pooler.dense
   torch::nn::Linear head_out_{nullptr};    // RoBERTa: classifier.out_proj; BERT: classifier
