@@ -106,8 +106,11 @@ void bind_model(py::module_& m) {
       .def_property_readonly("num_labels", [](const EncoderClassifier& self) { return self.config().num_labels(); })
       .def_property("packing_min_padding", &EncoderClassifier::packing_min_padding,
                     &EncoderClassifier::set_packing_min_padding,
-                    "CPU: batches with at least this share of padding (or of 192+ tokens) run packed (real "
-                    "tokens only, attention per sequence); 0 always packs, above 1 never.")
+                    "CPU: batches with at least this share of padding (or of packing_min_length tokens) run "
+                    "packed (real tokens only, attention per sequence); 0 always packs, above 1 never.")
+      .def_property_readonly_static("packing_min_length",
+                                    [](const py::object&) { return EncoderClassifier::packing_min_length(); },
+                                    "CPU: batches of at least this many tokens run packed.")
       .def("__repr__", [](const EncoderClassifier& self) { return self.config().to_string(); });
 
   m.def(

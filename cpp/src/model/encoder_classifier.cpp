@@ -234,14 +234,13 @@ torch::Tensor EncoderClassifier::encode(const torch::Tensor& input_ids,
 // reading the lengths would synchronise every step, and many small attention calls
 // would underuse the device.
 bool EncoderClassifier::use_packing(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const {
-  constexpr int64_t kPackFromLength = 192;
   if (packing_min_padding_ > 1.0 || !attention_mask.defined() || !input_ids.device().is_cpu() ||
       input_ids.numel() == 0) {
     return false;
   }
   const auto real = attention_mask.ne(0);
   const double padding = 1.0 - real.sum().item<double>() / static_cast<double>(real.numel());
-  return (padding >= packing_min_padding_ || input_ids.size(1) >= kPackFromLength) &&
+  return (padding >= packing_min_padding_ || input_ids.size(1) >= packing_min_length()) &&
          real.select(1, 0).all().item<bool>();
 }
 

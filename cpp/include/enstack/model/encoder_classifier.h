@@ -40,11 +40,12 @@ class EncoderClassifier : public torch::nn::Module {
 
   const EncoderConfig& config() const { return config_; }
 
-  // On CPU, a batch whose padding share is at least this (or whose sequences are long)
-  // runs packed (see use_packing in encoder_classifier.cpp); 0 always packs, > 1 never.
-  // For benchmarks and tests of both paths.
+  // On CPU, a batch whose padding share is at least packing_min_padding, or whose length
+  // is at least packing_min_length, runs packed (see use_packing in encoder_classifier.cpp);
+  // a share of 0 always packs, above 1 never. For benchmarks and tests of both paths.
   void set_packing_min_padding(double share) { packing_min_padding_ = share; }
   double packing_min_padding() const { return packing_min_padding_; }
+  static constexpr int64_t packing_min_length() { return 192; }
 
   // Names of the classification-head parameters (initialised fresh when a base
   // checkpoint has none).
