@@ -123,6 +123,7 @@ void Trainer::Impl::begin(bool resume) {
   s.train_fingerprint = t.train_->info().fingerprint;
   s.config_fingerprint = o.config_fingerprint;
   result.resumed = true;
+  if (s.finished) return;  // fit() says the run is done; there is no position to report
   const int64_t batches = (t.train_->size() + o.batch_size - 1) / o.batch_size;
   ENSTACK_LOG_INFO("resuming from ", found->string(), ": epoch ", s.epoch + 1, "/", o.epochs, ", batch ",
                    s.batch_cursor, "/", batches, " (", util::str_cat(std::round(1000.0 * s.batch_cursor / batches) / 10),
