@@ -45,7 +45,7 @@ $(STAMPS)/python-deps: $(STAMPS)/venv pyproject.toml
 # After the first editable install, rebuilds go straight through CMake (seconds, not a pip run).
 build: $(STAMPS)/python-deps
 	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])'); \
-	$(VENV)/bin/cmake --build $(BUILD) -j $(JOBS) && $(VENV)/bin/cmake --install $(BUILD) --prefix "$$site/enstack" > /dev/null
+	$(VENV)/bin/cmake --build $(BUILD) -j $(JOBS) && $(VENV)/bin/cmake --install $(BUILD) --component enstack --prefix "$$site/enstack" > /dev/null
 
 setup: build
 

@@ -1,6 +1,8 @@
-# Third-party C++ dependencies: the system package when found (Debian's -dev
-# packages), else a pinned, hash-checked download (Colab has no -dev packages).
-# Nothing is downloaded when the system package is present.
+# Third-party C++ dependencies. Header-only ones (spdlog over fmt, nlohmann-json)
+# come from the system package when found (Debian's -dev packages), else from a
+# pinned, hash-checked download. sentencepiece is always compiled from its pinned
+# sources into a static library (cmake/sentencepiece.cmake). Nothing of theirs is
+# a shared library at run time, and _C exports none of their symbols.
 #
 # Defines aliases enstack::spdlog, enstack::json, enstack::sentencepiece,
 # enstack::gtest (tests only) and ENSTACK_DEPS_SUMMARY ("name=system|fetched ...").
@@ -20,10 +22,19 @@ function(_enstack_require_fetch name)
 endfunction()
 
 # spdlog -------------------------------------------------------------------
+# Header-only spdlog over header-only fmt: Debian's libspdlog.so/libfmt.so would
+# be needed at run time by every wheel built here, and fmt must not meet torch's.
+find_package(Threads REQUIRED)
 find_package(spdlog CONFIG QUIET)
-if(spdlog_FOUND)
-  add_library(enstack::spdlog ALIAS spdlog::spdlog)
-  _enstack_record(spdlog "system-${spdlog_VERSION}")
+find_package(fmt CONFIG QUIET)
+if(spdlog_FOUND AND TARGET fmt::fmt-header-only)
+  get_target_property(_enstack_spdlog_inc spdlog::spdlog_header_only INTERFACE_INCLUDE_DIRECTORIES)
+  add_library(enstack_spdlog INTERFACE)
+  target_include_directories(enstack_spdlog SYSTEM INTERFACE ${_enstack_spdlog_inc})
+  target_compile_definitions(enstack_spdlog INTERFACE SPDLOG_FMT_EXTERNAL)
+  target_link_libraries(enstack_spdlog INTERFACE fmt::fmt-header-only Threads::Threads)
+  add_library(enstack::spdlog ALIAS enstack_spdlog)
+  _enstack_record(spdlog "system-headers-${spdlog_VERSION}")
 else()
   _enstack_require_fetch(spdlog)
   set(SPDLOG_FMT_EXTERNAL OFF CACHE BOOL "" FORCE)
@@ -33,7 +44,7 @@ else()
     URL_HASH SHA256=1586508029a7d0670dfcb2d97575dcdc242d3868a259742b69f100801ab4e16b)
   FetchContent_MakeAvailable(spdlog)
   add_library(enstack::spdlog ALIAS spdlog)
-  _enstack_record(spdlog "fetched-1.14.1")
+  _enstack_record(spdlog "static-1.14.1")
 endif()
 
 # nlohmann-json ------------------------------------------------------------
@@ -52,27 +63,7 @@ else()
   _enstack_record(nlohmann_json "fetched-3.11.3")
 endif()
 
-# sentencepiece ------------------------------------------------------------
-find_package(PkgConfig QUIET)
-if(PkgConfig_FOUND)
-  pkg_check_modules(ENSTACK_SPM QUIET IMPORTED_TARGET sentencepiece)
-endif()
-if(ENSTACK_SPM_FOUND)
-  add_library(enstack::sentencepiece ALIAS PkgConfig::ENSTACK_SPM)
-  _enstack_record(sentencepiece "system-${ENSTACK_SPM_VERSION}")
-else()
-  _enstack_require_fetch(sentencepiece)
-  set(SPM_ENABLE_SHARED OFF CACHE BOOL "" FORCE)
-  FetchContent_Declare(sentencepiece
-    URL https://github.com/google/sentencepiece/archive/refs/tags/v0.2.0.tar.gz
-    URL_HASH SHA256=9970f0a0afee1648890293321665e5b2efa04eaec9f1671fcf8048f456f5bb86)
-  FetchContent_MakeAvailable(sentencepiece)
-  add_library(enstack_spm INTERFACE)
-  target_link_libraries(enstack_spm INTERFACE sentencepiece-static)
-  target_include_directories(enstack_spm INTERFACE "${sentencepiece_SOURCE_DIR}/src")
-  add_library(enstack::sentencepiece ALIAS enstack_spm)
-  _enstack_record(sentencepiece "fetched-0.2.0")
-endif()
+include(cmake/sentencepiece.cmake)
 
 # GoogleTest (tests only) ----------------------------------------------------
 if(ENSTACK_BUILD_TESTS)

@@ -20,6 +20,11 @@ else()
                       "enstack needs torch's own copy so a single pybind11 is loaded. Use a full torch wheel.")
 endif()
 target_link_libraries(_C PRIVATE enstack_core ${ENSTACK_TORCH_PYTHON_LIBRARY})
+# Static archives' symbols become local, and the version script exports the module
+# init alone: the dynamic symbol table holds nothing torch (or anyone) could bind to.
+target_link_options(_C PRIVATE "LINKER:--exclude-libs,ALL"
+                    "LINKER:--version-script=${CMAKE_CURRENT_SOURCE_DIR}/cmake/_C.map")
+set_property(TARGET _C APPEND PROPERTY LINK_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/cmake/_C.map")
 target_compile_definitions(_C PRIVATE ENSTACK_TORCH_VERSION="${ENSTACK_TORCH_VERSION}")
 set_target_properties(_C PROPERTIES
   CXX_VISIBILITY_PRESET hidden
@@ -32,5 +37,6 @@ if(ENSTACK_USE_PCH)
 endif()
 
 configure_file(cmake/_build_info.py.in "${CMAKE_CURRENT_BINARY_DIR}/_build_info.py" @ONLY)
-install(TARGETS _C LIBRARY DESTINATION .)
-install(FILES "${CMAKE_CURRENT_BINARY_DIR}/_build_info.py" DESTINATION .)
+# Component enstack: the wheel installs only this (not what bundled libraries install).
+install(TARGETS _C LIBRARY DESTINATION . COMPONENT enstack)
+install(FILES "${CMAKE_CURRENT_BINARY_DIR}/_build_info.py" DESTINATION . COMPONENT enstack)
