@@ -32,6 +32,7 @@ from string import Template
 from typing import Dict, List, Union
 
 from enstack._C import ConfigError, DataError
+from enstack.files import atomic_write
 
 __all__ = ["CLASSES", "generate", "make_function", "write_jsonl", "write_vdisc_hdf5"]
 
@@ -615,18 +616,36 @@ def generate(n: int, *, seed: int = 0, vulnerable_share: float = 1.0) -> List[Di
 
 def write_jsonl(path: Union[str, "os.PathLike[str]"], n: int, seed: int = 0, *,
                 vulnerable_share: float = 1.0) -> str:
-    """Writes ``generate(n, ...)`` as JSONL (gzipped when the path ends in .gz); returns the path."""
+    """Writes ``generate(n, ...)`` as JSONL (gzipped when the path ends in .gz); returns the path.
+
+    The file is written beside ``path`` and renamed into place, so a kill or a full disk leaves
+    no truncated file for a later run to reuse.
+    """
     path = os.fspath(path)
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        for row in generate(n, seed=seed, vulnerable_share=vulnerable_share):
-            f.write(json.dumps(row) + "\n")
+    rows = generate(n, seed=seed, vulnerable_share=vulnerable_share)
+
+    def write(f) -> None:
+        if not path.endswith(".gz"):
+            _write_rows(f, rows)
+            return
+        # mtime=0: the same rows give the same bytes, so a recorded hash stays valid. Closing
+        # the GzipFile writes its trailer and leaves f open for atomic_write's fsync.
+        with gzip.GzipFile(filename=path, fileobj=f, mode="wb", mtime=0) as gz:
+            _write_rows(gz, rows)
+
+    atomic_write(path, write)
     return path
+
+
+def _write_rows(f, rows) -> None:
+    for row in rows:
+        f.write((json.dumps(row) + "\n").encode("utf-8"))
 
 
 def write_vdisc_hdf5(path: Union[str, "os.PathLike[str]"], n: int, seed: int = 0, *,
                      vulnerable_share: float = 1.0) -> str:
-    """Writes ``generate(n, ...)`` in the Draper VDISC layout (``functionSource`` + 5 bool datasets)."""
+    """Writes ``generate(n, ...)`` in the Draper VDISC layout (``functionSource`` + 5 bool datasets),
+    through a temporary sibling renamed into place as ``write_jsonl`` does."""
     try:
         import h5py
         import numpy as np
@@ -634,8 +653,13 @@ def write_vdisc_hdf5(path: Union[str, "os.PathLike[str]"], n: int, seed: int = 0
         raise DataError("writing HDF5 needs h5py: `pip install h5py`.") from e
     rows = generate(n, seed=seed, vulnerable_share=vulnerable_share)
     path = os.fspath(path)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("functionSource", data=[r["func"] for r in rows], dtype=h5py.string_dtype("utf-8"))
-        for cwe in CLASSES:
-            f.create_dataset(cwe, data=np.array([r["vulnerable"] and r["cwe"] == cwe for r in rows], dtype=bool))
+
+    def write(f) -> None:
+        with h5py.File(f, "w") as h5:
+            h5.create_dataset("functionSource", data=[r["func"] for r in rows], dtype=h5py.string_dtype("utf-8"))
+            for cwe in CLASSES:
+                flags = np.array([r["vulnerable"] and r["cwe"] == cwe for r in rows], dtype=bool)
+                h5.create_dataset(cwe, data=flags)
+
+    atomic_write(path, write)
     return path

@@ -30,6 +30,7 @@ import numpy as np
 
 from enstack._C import CheckpointError, ConfigError, DataError, ModelError
 from enstack._C import ckpt as _ckpt
+from enstack.files import atomic_write
 
 log = logging.getLogger("enstack")
 
@@ -94,15 +95,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def save(ps: PredictionSet, directory: os.PathLike) -> Path:
     """Writes ``ps`` as ``<split>.<output>.npy`` files plus the ``<split>.json`` index (last)."""
     ps.validate()
@@ -111,14 +103,15 @@ def save(ps: PredictionSet, directory: os.PathLike) -> Path:
     files = {}
     for kind, array in ps.outputs.items():
         path = directory / f"{ps.split}.{kind}.npy"
-        _atomic(path, lambda f, a=array: np.save(f, np.ascontiguousarray(a, dtype=np.float32), allow_pickle=False))
+        atomic_write(path, lambda f, a=array: np.save(f, np.ascontiguousarray(a, dtype=np.float32),
+                                                      allow_pickle=False))
         files[kind] = {"file": path.name, "sha256": _sha256(path)}
     index = {"format": FORMAT, "version": VERSION, "model": ps.model, "split": ps.split, "count": len(ps.ids),
              "label_names": list(ps.label_names), "data_key": ps.data_key, "store_fingerprint": ps.store_fingerprint,
              "checkpoint": ps.checkpoint, "outputs": files, "ids": list(ps.ids),
              "labels": [int(v) for v in ps.labels]}
     path = directory / f"{ps.split}.json"
-    _atomic(path, lambda f: f.write(json.dumps(index, indent=1).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(index, indent=1).encode()))
     return path
 
 
