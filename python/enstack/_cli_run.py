@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -171,13 +172,17 @@ def _predict(args: argparse.Namespace) -> int:
 def read_functions(path: Path, text_field: Optional[str], text_column: Optional[str]):
     """(ids, texts) of a JSON-lines file of functions: objects with a code field, or plain strings."""
     from enstack import DataError
+    from enstack.data.formats import repair_text
 
     if not path.exists():
         raise DataError(f"--input '{path}' does not exist.")
     ids: List[str] = []
     texts: List[str] = []
+    replaced: List[int] = []  # line numbers of functions with invalid UTF-8
     candidates = [text_field] if text_field else [c for c in (text_column, "func", "code", "functionSource") if c]
-    with open(path, encoding="utf-8") as f:
+    # Invalid UTF-8 is treated as in training data (enstack.data.formats.repair_text): each bad byte
+    # becomes U+FFFD and the lines are reported, rather than the whole file failing to decode.
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -188,16 +193,24 @@ def read_functions(path: Path, text_field: Optional[str], text_column: Optional[
                                 "string per line.") from None
             if isinstance(row, str):
                 ids.append(str(number - 1))
-                texts.append(row)
-                continue
-            field = next((c for c in candidates if isinstance(row, dict) and isinstance(row.get(c), str)), None)
-            if field is None:
-                raise DataError(f"{path}:{number} has no string field {' / '.join(candidates)}; name the field "
-                                "holding the code with --text-field.")
-            ids.append(str(row.get("id", number - 1)))
-            texts.append(row[field])
+                text = row
+            else:
+                field = next((c for c in candidates if isinstance(row, dict) and isinstance(row.get(c), str)), None)
+                if field is None:
+                    raise DataError(f"{path}:{number} has no string field {' / '.join(candidates)}; name the "
+                                    "field holding the code with --text-field.")
+                ids.append(str(row.get("id", number - 1)))
+                text = row[field]
+            text, bad = repair_text(text)
+            texts.append(text)
+            if bad:
+                replaced.append(number)
     if not texts:
         raise DataError(f"--input '{path}' holds no functions.")
+    if replaced:
+        logging.getLogger("enstack").warning(
+            "%s: invalid UTF-8 replaced by U+FFFD in %d functions (lines %s%s)", path, len(replaced),
+            ", ".join(map(str, replaced[:5])), ", ..." if len(replaced) > 5 else "")
     return ids, texts
 
 

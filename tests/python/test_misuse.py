@@ -58,6 +58,36 @@ def assert_one_line_error(code: int, err: str, kind: str) -> str:
     return last
 
 
+# ------------------------------------------------------------------ text that is not UTF-8
+
+
+def test_lone_surrogates_and_invalid_utf8_are_replaced_counted_and_reported(tmp_path):
+    rows = functions(40)
+    path = tmp_path / "bad-text.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    lines[3] = lines[3].replace("return x", "return x\\udc80")  # a JSON escape of a lone surrogate
+    body = "\n".join(lines).encode()
+    at = body.index(b"return x + 7")
+    body = body[:at] + b"\xff\xfe" + body[at:]  # two bytes that are not UTF-8, in row 7
+    path.write_bytes(body + b"\n")
+    raw = load_split(path, text_column="func", label_columns=["label"], id_column="id")
+    assert len(raw) == 40 and not any(re.search("[\ud800-\udfff]", t) for t in raw.texts)
+    assert raw.texts[3] == rows[3]["func"].replace("return x", "return x\ufffd")
+    assert raw.texts[7] == rows[7]["func"].replace("return x", "\ufffd\ufffdreturn x")
+    report = raw.report
+    assert (report.replaced_rows, report.replaced_examples, report.bad) == (2, [3, 7], {})
+    assert "invalid UTF-8 replaced by U+FFFD in 2 rows (e.g. rows 3, 7)" in report.summary()
+
+
+def test_predict_input_reads_invalid_utf8_by_the_same_rule_and_names_the_lines(tmp_path, capsys):
+    path = tmp_path / "new.jsonl"
+    path.write_bytes(b'{"id": "a", "func": "int a;"}\n\n{"id": "b", "func": "int b;\xff"}\n'
+                     b'"int c;\\udc80"\n')
+    ids, texts = _cli_run.read_functions(path, None, "func")
+    assert ids == ["a", "b", "3"] and texts == ["int a;", "int b;\ufffd", "int c;\ufffd"]
+    assert "invalid UTF-8 replaced by U+FFFD in 2 functions (lines 3, 4)" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ generated demo data
 
 

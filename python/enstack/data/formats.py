@@ -142,9 +142,11 @@ def _import_h5py():
 
 
 def _open_text(path: Path, gzipped: bool):
+    # surrogateescape keeps each invalid byte visible as a lone surrogate, so that read_text can
+    # replace and count it per row (errors="replace" would hide which rows were damaged).
     if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-    return open(path, "r", encoding="utf-8", errors="replace", newline="")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
+    return open(path, "r", encoding="utf-8", errors="surrogateescape", newline="")
 
 
 class CSVReader:
@@ -300,12 +302,34 @@ def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, (float, np.floating)) and v != v) or type(v).__name__ in ("NAType", "NaTType")
 
 
-def clean_text(v: Any) -> Tuple[Optional[str], Optional[str]]:
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def repair_text(text: str) -> Tuple[str, int]:
+    """``text`` with every lone surrogate replaced by U+FFFD, and how many were replaced.
+
+    The one rule for text that is not valid Unicode, wherever it comes from: an invalid UTF-8
+    byte (read with surrogateescape, so one U+FFFD per byte) or a JSON escape such as
+    ``"\\udc80"``. No tokenizer can encode a lone surrogate (the native core refuses the
+    whole batch), and one bad byte should cost one character, not the function."""
+    return _SURROGATES.subn("\ufffd", text)
+
+
+def read_text(v: Any) -> Tuple[Optional[str], Optional[str], int]:
+    """(text, why it is unusable or None, characters replaced by U+FFFD) of one text value."""
     if isinstance(v, bytes):  # VDISC stores bytes; np.bytes_ is a bytes too
-        v = v.decode("utf-8", errors="replace")
+        v = v.decode("utf-8", errors="surrogateescape")
     if isinstance(v, str):
-        return (str(v), None) if v.strip() else (None, "empty text")
-    return None, ("missing text" if is_missing(v) else "wrong type")
+        if not v.strip():
+            return None, "empty text", 0
+        text, replaced = repair_text(str(v))
+        return text, None, replaced
+    return None, ("missing text" if is_missing(v) else "wrong type"), 0
+
+
+def clean_text(v: Any) -> Tuple[Optional[str], Optional[str]]:
+    text, why, _ = read_text(v)
+    return text, why
 
 
 def clean_flag(v: Any) -> Tuple[int, Optional[str]]:
@@ -333,7 +357,7 @@ def clean_class(v: Any) -> Tuple[Any, Optional[str]]:
     if isinstance(v, bytes):
         v = v.decode("utf-8", errors="replace")
     if isinstance(v, str):
-        s = v.strip()
+        s = repair_text(v.strip())[0]  # class names end up in JSON and the native core, both strict UTF-8
         if not s:
             return None, "missing label"
         return (int(s) if _INT.fullmatch(s) else s), None
@@ -354,7 +378,7 @@ def clean_key(v: Any, what: str) -> Tuple[Optional[str], Optional[str]]:
         v = int(v)
     if is_missing(v) or str(v) == "":
         return None, f"missing {what}"
-    return str(v), None
+    return repair_text(str(v))[0], None
 
 
 def _flag_column(values: Any) -> Tuple[np.ndarray, Optional[List[Optional[str]]]]:
@@ -402,7 +426,8 @@ class Scan:
 
     def add(self, chunk: Chunk, report) -> None:
         spec, n = self.spec, chunk.n
-        texts, why = map(list, zip(*map(clean_text, chunk.columns[spec.text_column]))) if n else ([], [])
+        read = [read_text(v) for v in chunk.columns[spec.text_column]]
+        texts, why = [r[0] for r in read], [r[1] for r in read]
         for i in chunk.malformed:
             why[i] = "malformed row"
         labels = self._labels(chunk, why)
@@ -412,6 +437,9 @@ class Scan:
         usable = np.array([r is None for r in why], dtype=bool)
         for i in np.flatnonzero(~usable).tolist():
             report.add_bad(why[i], chunk.start + i)
+        for i in np.flatnonzero(usable).tolist():
+            if read[i][2]:
+                report.add_replaced(chunk.start + i)
         keep = np.flatnonzero(usable)
         if spec.policy == "enstack5":
             vulnerable = labels[keep].any(axis=1)

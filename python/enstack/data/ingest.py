@@ -14,6 +14,8 @@ or from one column of class names or integers (policy ``class``, which is also w
 Rows that cannot be used (missing or empty text, a label that is missing, not 0/1 or not among
 ``label_names``, values of the wrong type, unparseable lines) are dropped and counted by reason;
 more than ``max_bad_share`` of them refuses the file, as that usually means a wrong column.
+Text that is not valid UTF-8 (or a lone surrogate escape in JSON) does not make a row bad: each
+such byte or escape becomes U+FFFD, and the report counts those rows and names the first ones.
 
 Downsampling and splitting rank rows by a seeded SplitMix64 hash of their position (implemented
 here), so results depend on the seed and the data only: not on chunk sizes, numpy versions or
@@ -64,6 +66,10 @@ class IngestReport:
     downsampled_away: int = 0
     class_counts: Dict[str, int] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    # Usable rows whose text was not valid UTF-8 (or held a lone surrogate escape): kept, with
+    # each bad character replaced by U+FFFD; not bad rows, as the function is still there.
+    replaced_rows: int = 0
+    replaced_examples: List[int] = field(default_factory=list)  # first source rows
 
     @property
     def bad_rows(self) -> int:
@@ -79,6 +85,11 @@ class IngestReport:
         if len(examples) < 5:
             examples.append(row)
 
+    def add_replaced(self, row: int) -> None:
+        self.replaced_rows += 1
+        if len(self.replaced_examples) < 5:
+            self.replaced_examples.append(row)
+
     def bad_detail(self) -> str:
         def rows(r: str) -> str:
             first = self.bad_examples[r]
@@ -90,6 +101,9 @@ class IngestReport:
         lines = [f"{self.source}: read {self.rows_read:,} rows, kept {self.rows_kept:,}"]
         if self.bad:
             lines.append(f"  bad {self.bad_rows:,} ({self.bad_share:.2%}): {self.bad_detail()}")
+        if self.replaced_rows:
+            lines.append(f"  invalid UTF-8 replaced by U+FFFD in {self.replaced_rows:,} rows (e.g. rows "
+                         f"{', '.join(map(str, self.replaced_examples))})")
         if self.filtered:
             lines.append(f"  left out by the label policy: {self.filtered:,}")
         if self.downsampled_away:
