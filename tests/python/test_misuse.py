@@ -58,6 +58,47 @@ def assert_one_line_error(code: int, err: str, kind: str) -> str:
     return last
 
 
+# ------------------------------------------------------------------ labels
+
+
+def test_labels_outside_the_model_outputs_are_refused_at_prepare(tmp_path):
+    rows = functions(60, label=lambda i: i % 6)  # integer classes 0..5
+    cfg = config(tmp_path, write_rows(tmp_path / "six.jsonl", rows), **{"model.num_labels": 2})
+    with pytest.raises(enstack.DataError) as info:
+        prepare.prepare(cfg, progress=False)
+    message = str(info.value)
+    assert "six.jsonl" in message and "model.num_labels 2" in message and "outside 0..1" in message
+    named = re.search(r"first ids \(data.id_column 'id'\): ([^)]*)\)", message).group(1).split(", ")
+    label_of = {r["id"]: r["label"] for r in rows}
+    assert 1 <= len(named) <= 5 and all(label_of[i] >= 2 for i in named)
+    assert "5 (label 5)" in message and "Set model.num_labels to 6" in message
+    assert not (tmp_path / "run" / "tokenizer").exists()  # refused before a tokenizer was trained
+
+
+def test_a_validation_file_with_more_classes_than_training_is_refused(tmp_path):
+    train = write_rows(tmp_path / "train.jsonl", functions(40))
+    more = functions(12, label=lambda i: ["CWE-119", "CWE-476", "CWE-120"][i % 3])
+    validation = write_rows(tmp_path / "v.jsonl", more)
+    cfg = config(tmp_path, train, **{"data.split": None, "data.validation": str(validation)})
+    with pytest.raises(enstack.DataError, match=r"v\.jsonl' \(validation split\).*outside 0\.\.1"):
+        prepare.prepare(cfg, progress=False)
+
+
+def test_a_single_training_class_is_refused_at_prepare(tmp_path, capsys):
+    path = write_rows(tmp_path / "one.jsonl", functions(50, label=lambda i: "CWE-119"))
+    cfg = config(tmp_path, path)
+    with pytest.raises(enstack.DataError) as info:
+        prepare.prepare(cfg, progress=False)
+    message = str(info.value)
+    assert "one.jsonl" in message and "single class (CWE-119 (label 0) 40)" in message
+    assert "data.label_policy" in message and "at least two" in message
+    sets = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in
+            {"run.output_dir": tmp_path / "cli", "data.train": path, "data.text_column": "func",
+             "data.label_columns": ["label"], "data.label_policy": "class"}.items()]
+    code, _, err = call(capsys, "data", "prepare", "configs/demo.yaml", *[a for s in sets for a in ("--set", s)])
+    assert "single class" in assert_one_line_error(code, err, "DataError")
+
+
 # ------------------------------------------------------------------ text that is not UTF-8
 
 
@@ -91,6 +132,22 @@ def test_predict_input_reads_invalid_utf8_by_the_same_rule_and_names_the_lines(t
 # ------------------------------------------------------------------ generated demo data
 
 
+def test_generated_demo_data_is_checked_and_written_again_when_truncated(tmp_path, capsys):
+    cfg = enstack.load_config("configs/demo.yaml", overrides={"run.output_dir": str(tmp_path / "run")})
+    prepare.data_dir(cfg).mkdir(parents=True)
+    count = lambda raw: sum(len(s) for s in raw.values())  # noqa: E731
+    assert count(prepare.load_raw_splits(cfg)) == prepare.DEMO_EXAMPLES
+    demo = prepare.data_dir(cfg) / "demo.jsonl"
+    whole = demo.read_bytes()
+    demo.write_bytes(whole[: len(whole) // 2])  # what a kill or a full disk left of an in-place write
+    capsys.readouterr()
+    assert count(prepare.load_raw_splits(cfg)) == prepare.DEMO_EXAMPLES
+    assert demo.read_bytes() == whole
+    assert f"generating the demo data {demo} again" in capsys.readouterr().err
+    prepare.load_raw_splits(cfg)  # whole and recorded: reused without a word
+    assert "again" not in capsys.readouterr().err
+
+
 class _DiskFullAfter(list):
     """The generated rows, but iterating them fails part way as a full disk would fail the write."""
 
@@ -114,6 +171,34 @@ def test_a_failed_demo_write_leaves_the_previous_file_whole(tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------ the command line
+
+
+@pytest.mark.parametrize("where, words", [("file", "is a file, not a directory"),
+                                          ("file/run", "cannot be created: '{file}' is a file")])
+def test_an_output_dir_that_cannot_hold_a_run_is_a_config_error(tmp_path, capsys, where, words):
+    (tmp_path / "file").write_text("not a directory")
+    out_dir = tmp_path / where
+    cfg = enstack.load_config("configs/demo.yaml", overrides={"run.output_dir": str(out_dir)})
+    expected = words.replace("{file}", str(tmp_path / "file"))
+    with pytest.raises(enstack.ConfigError) as info:
+        prepare.prepare(cfg, progress=False)
+    assert f"run.output_dir '{out_dir}'" in str(info.value) and expected in str(info.value)
+    assert "--set run.output_dir=DIR" in str(info.value)
+    # The command line may meet the directory first elsewhere (the run lock); the user still gets
+    # a ConfigError naming the key and the path, in one line.
+    code, _, err = call(capsys, "data", "prepare", "configs/demo.yaml", "--set", f"run.output_dir={out_dir}")
+    line = assert_one_line_error(code, err, "ConfigError")
+    assert "run.output_dir" in line and str(out_dir) in line
+
+
+def test_an_unwritable_output_dir_is_a_config_error(tmp_path, monkeypatch):
+    # Root writes through permissions, so a read-only file system is what access() reports here.
+    out_dir = tmp_path / "run"
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == out_dir / "data" else real(p, mode))
+    cfg = enstack.load_config("configs/demo.yaml", overrides={"run.output_dir": str(out_dir)})
+    with pytest.raises(enstack.ConfigError, match=rf"run.output_dir '{re.escape(str(out_dir))}' is not writable"):
+        prepare.prepare(cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
