@@ -26,6 +26,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. run.device=cpu")
     p.add_argument("--checkpoint", default="best", help=_CHECKPOINT_HELP)
+    p.add_argument("--allow-changes", action="store_true",
+                   help="use the config's data even though it differs from the data the run was prepared with "
+                   "(tokenized with the run's own tokenizer)")
 
 
 def register(subparsers) -> None:
@@ -73,7 +76,25 @@ def _trainer(args: argparse.Namespace):
     cfg = enstack.load_config(args.config, overrides=args.set)
     trainer = enstack.Trainer(cfg, checkpoint=args.checkpoint)
     trainer.checkpoint_dir(args.checkpoint)  # a missing checkpoint fails before the data is read
+    if not args.allow_changes:
+        _refuse_changed_data(cfg)
     return cfg, trainer
+
+
+def _refuse_changed_data(cfg) -> None:
+    """A run's checkpoints are scored on the data they were prepared with, or not at all: other
+    data would rebuild the run's token stores (and could reorder its classes) under them."""
+    from enstack import DataError
+    from enstack.data import prepare
+
+    changed = prepare.changed_splits(cfg)
+    if changed:
+        run = Path(cfg.run.output_dir)
+        raise DataError(
+            f"the config's data differs from the data the run in {run} was prepared with: "
+            + "; ".join(f"{name}: {what}" for name, what in changed.items())
+            + f". Give the run's own config (a copy is {run / 'config.yaml'}), or pass --allow-changes to use "
+            "the new data (tokenized with the run's tokenizer; the run's token stores are rebuilt for it).")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -149,6 +170,9 @@ def _predict(args: argparse.Namespace) -> int:
     if out.suffix not in (".npy", ".jsonl"):
         raise DataError(f"--out '{out}' must end in .npy (the probability matrix) or .jsonl (one object per "
                         "function).")
+    if args.input and Path(args.input).resolve() == out.resolve():
+        raise DataError(f"--out '{out}' is the --input file: writing the predictions would replace the functions "
+                        "they are made from. Give another --out file.")
     cfg, trainer = _trainer(args)
     colab.check_drive_paths(cfg, {"--out": str(out), "--input": args.input})
     if args.input:

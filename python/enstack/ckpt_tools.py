@@ -165,8 +165,16 @@ def resume_candidate(roots: List[Path]) -> Optional[Path]:
 
 
 def list_run(run_dir: PathLike, mirror_dir: Optional[PathLike] = None) -> List[Dict[str, Any]]:
-    """Every checkpoint directory under <run_dir>/checkpoints (and the mirror), newest step last."""
-    roots = [("local", Path(run_dir) / "checkpoints")]
+    """Every checkpoint directory under <run_dir>/checkpoints (and the mirror), newest step last.
+
+    A ``run_dir`` that is not a directory raises ``CheckpointError``: a mistyped path must not
+    read as a run without checkpoints."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        where = "is a file" if run.exists() else "does not exist"
+        raise CheckpointError(f"'{run}' {where}: give a run directory (the run.output_dir of a config, which "
+                              "holds checkpoints/).")
+    roots = [("local", run / "checkpoints")]
     if mirror_dir:
         roots.append(("mirror", _mirror_root(mirror_dir)))
     rows = []

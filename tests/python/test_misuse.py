@@ -173,6 +173,27 @@ def test_a_failed_demo_write_leaves_the_previous_file_whole(tmp_path, monkeypatc
 # ------------------------------------------------------------------ the command line
 
 
+def test_predict_refuses_an_out_that_is_its_input(tmp_path, capsys):
+    functions_file = write_rows(tmp_path / "new.jsonl", functions(3))
+    before = functions_file.read_bytes()
+    other_spelling = tmp_path / "sub" / ".." / "new.jsonl"
+    (tmp_path / "sub").mkdir()
+    code, _, err = call(capsys, "predict", "configs/demo.yaml", "--input", functions_file, "--out", other_spelling)
+    assert "is the --input file" in assert_one_line_error(code, err, "DataError")
+    assert functions_file.read_bytes() == before
+
+
+def test_ckpt_list_of_a_missing_run_directory_is_an_error(tmp_path, capsys):
+    code, _, err = call(capsys, "ckpt", "list", tmp_path / "no-such-run")
+    assert "no-such-run' does not exist" in assert_one_line_error(code, err, "CheckpointError")
+    (tmp_path / "file").write_text("x")
+    code, _, err = call(capsys, "ckpt", "list", tmp_path / "file")
+    assert "is a file" in assert_one_line_error(code, err, "CheckpointError")
+    (tmp_path / "empty-run").mkdir()
+    code, out, _ = call(capsys, "ckpt", "list", tmp_path / "empty-run")
+    assert code == 0 and out.strip() == "no checkpoints"
+
+
 @pytest.mark.parametrize("where, words", [("file", "is a file, not a directory"),
                                           ("file/run", "cannot be created: '{file}' is a file")])
 def test_an_output_dir_that_cannot_hold_a_run_is_a_config_error(tmp_path, capsys, where, words):
@@ -223,3 +244,17 @@ def trained(tmp_path_factory):
     return path, root
 
 
+def test_eval_on_other_data_is_refused_and_never_retrains_the_run_tokenizer(trained, capsys):
+    config, root = trained
+    tokenizer = root / "run" / "tokenizer" / "spm.model"
+    run_files = {p: p.read_bytes() for p in (tokenizer, root / "run" / "data" / "train.json")}
+    other = f"data.train={root / 'other.jsonl'}"
+    code, _, err = call(capsys, "eval", config, "--set", other)
+    line = assert_one_line_error(code, err, "DataError")
+    assert "other.jsonl" in line and "functions.jsonl" in line and "--allow-changes" in line
+    assert all(p.read_bytes() == b for p, b in run_files.items())  # refused before anything was rebuilt
+    code, out, err = call(capsys, "eval", config, "--set", other, "--allow-changes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["count"] > 0
+    assert tokenizer.read_bytes() == run_files[tokenizer]  # scored with the run's own tokenizer
+    assert "the run keeps it" in err
