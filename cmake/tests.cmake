@@ -18,9 +18,11 @@ enstack_add_test_binary(util
   tests/cpp/util/error_test.cpp
   tests/cpp/util/files_test.cpp
   tests/cpp/util/logging_test.cpp
+  tests/cpp/util/run_lock_test.cpp
 )
 enstack_add_test_binary(ckpt
   tests/cpp/ckpt/async_saver_test.cpp
+  tests/cpp/ckpt/mirror_lease_test.cpp
 )
 enstack_add_test_binary(data
   tests/cpp/data/bpe_tokenizer_test.cpp

@@ -13,6 +13,7 @@
 #include "json_bridge.h"
 #include "enstack/ckpt/async_saver.h"
 #include "enstack/ckpt/checkpoint_dir.h"
+#include "enstack/train/trainer.h"
 #include "enstack/ckpt/snapshot.h"
 
 namespace py = pybind11;
@@ -109,6 +110,15 @@ void bind_ckpt(py::module_& m) {
     }
     return python_of(manifest.to_json());
   }, py::arg("dir"), "Checks MANIFEST.json and every file's size and checksum; returns the manifest.");
+  m.def("verify_checkpoint", [](const std::filesystem::path& dir) {
+    ckpt::Manifest manifest;
+    {
+      py::gil_scoped_release release;
+      manifest = train::verify_checkpoint(dir);
+    }
+    return python_of(manifest.to_json());
+  }, py::arg("dir"), "verify, plus what resume requires: the kind's files and, for a full checkpoint, a complete "
+                     "typed trainer_state.json; returns the manifest.");
   m.def("file_checksum", [](const std::filesystem::path& file) {
     py::gil_scoped_release release;
     return ckpt::file_checksum(file);

@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <csignal>
+
 #include "bindings.h"
 #include "json_bridge.h"
 #include "enstack/data/token_store.h"
@@ -23,6 +25,10 @@ namespace {
 
 void bind_trainer(py::module_& m) {
   using train::Trainer;
+  // SIGTERM's stop is a KeyboardInterrupt too (notebooks and scripts already handle
+  // that), of its own type so that the CLI can exit with 143 as a terminated process does.
+  static PyObject* terminated =
+      py::register_exception<train::Interrupted>(m, "Terminated", PyExc_KeyboardInterrupt).ptr();
   py::class_<Trainer>(m, "Trainer", "The native training loop; use enstack.Trainer, which builds it from a config.")
       .def(py::init([](std::shared_ptr<model::EncoderClassifier> model, std::shared_ptr<data::TokenStore> train,
                        std::shared_ptr<data::TokenStore> eval, const py::dict& options) {
@@ -30,7 +36,7 @@ void bind_trainer(py::module_& m) {
                                               train::TrainerOptions::from_json(json_of(options)));
            }),
            py::arg("model"), py::arg("train"), py::arg("eval"), py::arg("options"))
-      .def("fit", [](Trainer& t, bool resume, const py::object& callback) {
+      .def("fit", [](Trainer& t, bool resume, const py::object& callback, bool take_over_mirror) {
         // The loop runs without the GIL; the callback takes it for each record.
         std::unique_ptr<py::error_already_set> failure;
         Trainer::Callback cb = [&](const nlohmann::json& record) -> bool {
@@ -47,14 +53,14 @@ void bind_trainer(py::module_& m) {
         train::FitResult result;
         try {
           py::gil_scoped_release release;
-          result = t.fit(resume, cb);
+          result = t.fit(resume, cb, take_over_mirror);
         } catch (const train::Interrupted& e) {
           if (failure) throw std::move(*failure);
-          PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+          PyErr_SetString(e.signal() == SIGTERM ? terminated : PyExc_KeyboardInterrupt, e.what());
           throw py::error_already_set();
         }
         return python_of(result.to_json());
-      }, py::arg("resume") = true, py::arg("callback") = py::none())
+      }, py::arg("resume") = true, py::arg("callback") = py::none(), py::arg("take_over_mirror") = false)
       .def("predict", [](Trainer& t, const data::TokenStore& store, int64_t batch_size, const std::string& output) {
         if (output != "probabilities" && output != "logits") {
           throw enstack::ConfigError("predict output must be 'probabilities' or 'logits', not '" + output + "'.");

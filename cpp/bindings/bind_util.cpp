@@ -8,6 +8,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <filesystem>
+#include <memory>
 #include <thread>
 
 #include "bindings.h"
@@ -15,6 +17,7 @@
 #include "enstack/util/error.h"
 #include "enstack/util/fault_injection.h"
 #include "enstack/util/logging.h"
+#include "enstack/util/run_lock.h"
 
 namespace py = pybind11;
 
@@ -98,6 +101,26 @@ void bind_testing(py::module_& m) {
   t.def("injected_write_faults", &util::injected_write_faults, "Failures injected since the fault was armed.");
 }
 
+// `with RunLock(dir, purpose):` holds the run directory's lock for the block.
+struct PyRunLock {
+  std::string dir, purpose;
+  std::unique_ptr<util::RunLock> lock;
+};
+
+void bind_run_lock(py::module_& u) {
+  py::class_<PyRunLock>(u, "RunLock", "The exclusive lock on a run directory (<dir>/.lock), as a context manager; "
+                                     "re-entrant within one process.")
+      .def(py::init([](const std::string& dir, const std::string& purpose) {
+             return std::make_unique<PyRunLock>(PyRunLock{dir, purpose, nullptr});
+           }), py::arg("dir"), py::arg("purpose"))
+      .def("__enter__", [](PyRunLock& l) -> PyRunLock& {
+        if (!l.lock) l.lock = std::make_unique<util::RunLock>(l.dir, l.purpose);
+        return l;
+      })
+      .def("__exit__", [](PyRunLock& l, const py::args&) { l.lock.reset(); })
+      .def_property_readonly("path", [](const PyRunLock& l) { return (std::filesystem::path(l.dir) / util::kRunLockName).string(); });
+}
+
 }  // namespace
 
 void bind_util(py::module_& m) {
@@ -130,6 +153,7 @@ void bind_util(py::module_& m) {
     info["parallel_info"] = at::get_parallel_info();
     return info;
   });
+  bind_run_lock(u);
   bind_testing(m);
 }
 

@@ -41,9 +41,10 @@ from enstack.trainer import FitResult, Trainer  # noqa: E402
 from enstack import stacking  # noqa: E402
 from enstack.stacking import stack  # noqa: E402
 from enstack._C import CheckpointError, ConfigError, DataError, Error, ModelError  # noqa: E402
+from enstack._C.train import Terminated  # noqa: E402
 from enstack._logging import set_log_level  # noqa: E402
 
-for _exc in (Error, ConfigError, DataError, CheckpointError, ModelError):
+for _exc in (Error, ConfigError, DataError, CheckpointError, ModelError, Terminated):
     _exc.__module__ = "enstack"
 
 _logging.install()
@@ -56,6 +57,7 @@ __all__ = [
     "Error",
     "FitResult",
     "ModelError",
+    "Terminated",
     "Trainer",
     "__version__",
     "colab",

@@ -157,7 +157,7 @@ def resume_candidate(roots: List[Path]) -> Optional[Path]:
     candidates.sort(key=lambda c: (-c[0], c[1]))
     for _, _, path in candidates:
         try:
-            if _ckpt.verify(path)["kind"] == "full":
+            if _ckpt.verify_checkpoint(path)["kind"] == "full":
                 return Path(path)
         except CheckpointError:
             continue
@@ -189,7 +189,7 @@ def list_run(run_dir: PathLike, mirror_dir: Optional[PathLike] = None) -> List[D
                    "batch": extra.get("batch_cursor"), "valid": False, "why": why, "resume": False}
             if manifest is not None:
                 try:
-                    _ckpt.verify(str(d))
+                    _ckpt.verify_checkpoint(str(d))
                     row["valid"] = True
                 except CheckpointError as e:
                     row["why"] = str(e)

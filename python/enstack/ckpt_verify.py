@@ -202,7 +202,7 @@ def check_manifest(path: PathLike) -> Tuple[Optional[Dict[str, Any]], List[Dict[
     problems: List[str] = []
     manifest: Optional[Dict[str, Any]] = None
     try:
-        manifest = _ckpt.verify(str(path))
+        manifest = _ckpt.verify_checkpoint(str(path))
     except CheckpointError as e:
         problems.append(str(e))
         if path.is_dir():

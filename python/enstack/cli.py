@@ -113,7 +113,9 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
     cfg = enstack.load_config(args.config, overrides=args.set)
     colab.check_drive_paths(cfg)
-    for name, split in prepare.prepare(cfg).items():
+    with enstack._C.util.RunLock(str(cfg.run.output_dir), "preparing data"):
+        prepared = prepare.prepare(cfg)
+    for name, split in prepared.items():
         s = store.stats(split.open(), label_names=split.label_names)
         state = "reused" if split.reused else "built"
         print(f"{name:<10} {state:<6} {s['count']:>8,} functions  p50/p90/p99 tokens "
@@ -128,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = enstack.load_config(args.config, overrides=args.set)
     try:
         result = enstack.Trainer(cfg).fit(resume=args.resume, tensorboard=args.tensorboard, plots=args.plots,
-                                          allow_changes=args.allow_changes)
+                                          allow_changes=args.allow_changes, take_over_mirror=args.take_over_mirror)
     except enstack.CheckpointError as e:
         if "changed since it was saved" not in str(e):
             raise
@@ -144,8 +146,26 @@ def _train(args: argparse.Namespace) -> int:
         if e:
             print(f"{name:<10} step {e.get('step')}: accuracy {e['accuracy']:.4f}  f1_weighted {e['f1_weighted']:.4f}"
                   f"  f1_macro {e['f1_macro']:.4f}  auc_weighted {e['auc_weighted'] or float('nan'):.4f}")
-    print(f"best model {result.best_dir}\nlast checkpoint {result.last_checkpoint}")
+    print(_saved_summary(result))
     return 0
+
+
+def _saved_summary(result) -> str:
+    """What the disk holds after a fit, never what was merely attempted."""
+    lines = []
+    if result.save_errors:
+        lines.append(f"{result.save_errors} checkpoint save(s) failed; last: {result.last_save_error}")
+    if result.best_dir:
+        best_step = (result.best_eval or {}).get("step")
+        note = ("" if best_step in (None, result.best_saved_step) else
+                f"; the best evaluation (step {best_step}) could not be written, this is the previous best")
+        lines.append(f"best model {result.best_dir} (step {result.best_saved_step}{note})")
+    else:
+        lines.append("best model: none saved")
+    lines.append(f"last checkpoint {result.last_checkpoint}" if result.last_checkpoint else
+                 f"no checkpoint saved ({result.save_errors} save errors"
+                 f"{', last: ' + result.last_save_error if result.last_save_error else ''})")
+    return "\n".join(lines)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -177,6 +197,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest valid checkpoint of the run (default) or start over")
     train.add_argument("--allow-changes", action="store_true",
                        help="resume even though the data or training configuration changed since the checkpoint")
+    train.add_argument("--take-over-mirror", action="store_true",
+                       help="take run.mirror_dir's lease over although another runtime renewed it recently "
+                            "(only when you know that runtime is dead)")
     train.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                        help="write TensorBoard events to <output_dir>/logs (default: on)")
     train.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
@@ -219,8 +242,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except KeyboardInterrupt as e:
-        print(f"enstack: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 130
+        print(f"enstack: {str(e) or 'interrupted'}", file=sys.stderr)
+        # As a shell reports a process ended by the signal: 128 + SIGTERM, 128 + SIGINT.
+        return 143 if type(e).__name__ == "Terminated" else 130
     except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into messages
         if args.debug:
             raise

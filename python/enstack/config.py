@@ -97,6 +97,9 @@ class RunConfig(_Section):
     mirror_dir: Optional[str] = _f(None, "A second home for checkpoints (e.g. a Google Drive folder), "
                                    "copied and verified in the background; resume takes the newest "
                                    "valid checkpoint of the two. null: none.")
+    mirror_lease_seconds: float = _f(120.0, "The mirror is leased to one training process, renewed every quarter of "
+                                     "this; a lease without a heartbeat for this long is stale and a new "
+                                     "runtime takes it over (sooner: `--take-over-mirror`).")
     seed: int = _f(42, "Seed of weights init, shuffling and dropout; batch order is a function of it.")
     num_threads: int = _f(0, "CPU intra-op threads; 0: all cores.")
     device: str = _f("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
@@ -220,7 +223,7 @@ class TrainConfig(_Section):
 # Dotted keys that do not change what is learned: excluded from Config.fingerprint().
 # Data file paths are covered by the dataset fingerprint stored in checkpoints.
 _NOT_FINGERPRINTED = frozenset({
-    "run.name", "run.output_dir", "run.mirror_dir", "run.num_threads", "run.device", "run.log_level",
+    "run.name", "run.output_dir", "run.mirror_dir", "run.mirror_lease_seconds", "run.num_threads", "run.device", "run.log_level",
     "data.format", "data.train", "data.validation", "data.test", "data.id_column", "data.max_bad_share",
     "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_total_limit",
     "train.logging_steps", "train.save_coalesce", "train.best_model_dtype",

@@ -23,6 +23,7 @@ from enstack import model as es_model
 from enstack._C import CheckpointError, ConfigError, DataError
 from enstack._C import ckpt as _ckpt
 from enstack._C import train as _train
+from enstack._C import util as _util
 from enstack.config import Config
 from enstack.data import prepare as _prepare
 from enstack.history import TrainLog
@@ -52,6 +53,11 @@ class FitResult:
     swa_count: int = 0
     #: Checkpoint saves that failed during this fit (reported as they happened; training went on).
     save_errors: int = 0
+    #: The last of those failures' message ("" when none).
+    last_save_error: str = ""
+    #: Step of the model that best/ holds (-1: none); older than best_eval's step when the newest
+    #: best could not be written. ``best_dir`` and ``last_checkpoint`` are what the disk holds.
+    best_saved_step: int = -1
     #: Result keys of a newer core that this class does not name yet (kept, not dropped).
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +138,7 @@ class Trainer:
             "max_length": self.cfg.model.max_length, "label_names": label_names,
             "config_fingerprint": self.cfg.fingerprint(), "allow_changes": allow_changes,
             "mirror_dir": str(r.mirror_dir) if r.mirror_dir else "", "save_coalesce": t.save_coalesce,
+            "mirror_lease_seconds": float(r.mirror_lease_seconds),
             "best_model_dtype": t.best_model_dtype, "swa_enabled": t.swa.enabled,
             "swa_start_epoch": t.swa.start_epoch or 0, "swa_every_steps": t.swa.every_steps or 0,
             "swa_lr": t.swa.lr or 0.0, "loss_scale": t.loss_scale,
@@ -166,7 +173,7 @@ class Trainer:
     # -- public API ------------------------------------------------------------------------------
     def fit(self, resume: bool = True, callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
             progress: bool = True, tensorboard: bool = True, plots: bool = True,
-            allow_changes: bool = False) -> FitResult:
+            allow_changes: bool = False, take_over_mirror: bool = False) -> FitResult:
         """Trains; with ``resume`` continues from the newest valid checkpoint of the run.
 
         ``callback(record)`` receives every begin, log, eval, save and end record;
@@ -176,7 +183,17 @@ class Trainer:
         training curves, confusion matrices and ROC curves (of the final model on the
         validation split) into ``<output_dir>/metrics`` at the end. A resume whose
         data or configuration changed is refused unless ``allow_changes``.
+
+        The run directory is locked for the whole call (a second process training or
+        preparing there is refused, naming this one); with ``run.mirror_dir`` the mirror
+        is leased to this process, and ``take_over_mirror`` takes over a lease that
+        another runtime still renews (only when you know it is dead). SIGTERM stops
+        like Ctrl-C and raises ``enstack.Terminated`` (a ``KeyboardInterrupt``).
         """
+        with _util.RunLock(str(self.cfg.run.output_dir), "training"):
+            return self._fit(resume, callback, progress, tensorboard, plots, allow_changes, take_over_mirror)
+
+    def _fit(self, resume, callback, progress, tensorboard, plots, allow_changes, take_over_mirror) -> FitResult:
         self._setup(progress, allow_changes)
         if not resume:
             self._set_aside_previous_checkpoints()
@@ -202,7 +219,7 @@ class Trainer:
             return callback(record) if callback is not None else None
 
         try:
-            out = self._native.fit(resume, on_record)
+            out = self._native.fit(resume, on_record, take_over_mirror)
         except CheckpointError as e:
             changed = self._changed_settings() if "configuration changed" in str(e) else ""
             if not changed:
@@ -301,7 +318,7 @@ class Trainer:
             hint = {"best": "it appears after the first evaluation (train.metric_for_best must be set)",
                     "swa": "it is written when train.swa.enabled is true"}.get(which, "check the path")
             raise CheckpointError(f"there is no checkpoint directory {path}: {hint}.")
-        _ckpt.verify(str(path))  # raises CheckpointError naming what is wrong
+        _ckpt.verify_checkpoint(str(path))  # raises CheckpointError naming what is wrong
         return str(path)
 
     # -- the run's configuration ---------------------------------------------------------------------
@@ -374,8 +391,8 @@ def _latest_full_checkpoint(root: Path) -> Optional[Path]:
     recovery = root / "recovery"
     if recovery.is_dir():
         try:
-            manifest = _ckpt.verify(str(recovery))
-            if manifest["kind"] == "full" and (latest is None or manifest["step"] >= _ckpt.verify(str(latest))["step"]):
+            manifest = _ckpt.verify_checkpoint(str(recovery))
+            if manifest["kind"] == "full" and (latest is None or manifest["step"] >= _ckpt.verify_checkpoint(str(latest))["step"]):
                 return recovery
         except CheckpointError as e:
             log.warning("ignoring the recovery checkpoint: %s", e)

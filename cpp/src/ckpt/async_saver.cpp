@@ -1,6 +1,8 @@
 // Background checkpoint writing and mirroring (see enstack/ckpt/async_saver.h).
 #include "enstack/ckpt/async_saver.h"
 
+#include "enstack/ckpt/mirror_lease.h"
+
 #include <chrono>
 
 #include "enstack/ckpt/checkpoint_dir.h"
@@ -192,6 +194,10 @@ void AsyncSaver::mirror_loop() {
     const auto start = std::chrono::steady_clock::now();
     const fs::path target = options_.mirror_root / source.filename();
     try {
+      if (options_.mirror_lease && !options_.mirror_lease->held()) {
+        throw CheckpointError("this run no longer holds the mirror's lease (" + options_.mirror_lease->lost_reason() +
+                              "); nothing more is copied there.");
+      }
       const Manifest copied = copy_checkpoint(source, target);
       uint64_t bytes = 0;
       for (const auto& f : copied.files) bytes += f.size;

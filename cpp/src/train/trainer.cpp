@@ -17,31 +17,36 @@
 #include "enstack/train/clip.h"
 #include "enstack/util/error.h"
 #include "enstack/util/logging.h"
+#include "enstack/util/run_lock.h"
 #include "trainer_impl.h"
 
 namespace enstack::train {
 namespace {
 
-std::atomic<bool> g_sigint{false};
-extern "C" void on_sigint(int) { g_sigint.store(true); }
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
-// Ctrl-C (Colab's Interrupt) sets a flag that the loop reads at step boundaries.
-class SigintGuard {
+// Ctrl-C (Colab's Interrupt, SIGINT) and SIGTERM (preemption, `kill`, a runtime
+// shutting down) set a flag that the loop reads at step boundaries.
+class StopSignalGuard {
  public:
-  SigintGuard() {
-    g_sigint.store(false);
+  StopSignalGuard() {
+    g_stop_signal.store(0);
     struct sigaction action {};
-    action.sa_handler = on_sigint;
+    action.sa_handler = on_stop_signal;
     sigemptyset(&action.sa_mask);
-    installed_ = ::sigaction(SIGINT, &action, &previous_) == 0;
+    for (int i = 0; i < 2; ++i) installed_[i] = ::sigaction(kSignals[i], &action, &previous_[i]) == 0;
   }
-  ~SigintGuard() {
-    if (installed_) ::sigaction(SIGINT, &previous_, nullptr);
+  ~StopSignalGuard() {
+    for (int i = 0; i < 2; ++i) {
+      if (installed_[i]) ::sigaction(kSignals[i], &previous_[i], nullptr);
+    }
   }
 
  private:
-  struct sigaction previous_ {};
-  bool installed_ = false;
+  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
+  struct sigaction previous_[2] {};
+  bool installed_[2] = {false, false};
 };
 
 class AutocastGuard {
@@ -208,12 +213,15 @@ double Trainer::Impl::learning_rate(int64_t step) const {
 }
 
 void Trainer::Impl::check_interrupt() {
-  if (!g_sigint.load() && !stop_requested) return;
+  const int sig = g_stop_signal.load();
+  if (sig == 0 && !stop_requested) return;
   save("recovery");
   saver.flush();
   report_saves();
-  throw Interrupted(util::str_cat("training interrupted at step ", s.global_step, "; state saved to ",
-                                  (t.checkpoints_dir() / "recovery").string(), ". fit(resume=True) continues."));
+  const char* why = sig == SIGTERM ? "stopped by SIGTERM" : "interrupted";
+  throw Interrupted(util::str_cat("training ", why, " at step ", s.global_step, "; state saved to ",
+                                  (t.checkpoints_dir() / "recovery").string(), ". fit(resume=True) continues."),
+                    sig);
 }
 
 void Trainer::Impl::run_epoch() {
@@ -304,7 +312,7 @@ FitResult Trainer::Impl::finish() {
   result.last_eval = s.last_eval;
   result.best_eval = s.best_eval;
   result.best_metric = s.best_metric;
-  if (s.best_step >= 0) result.best_dir = (t.checkpoints_dir() / "best").string();
+  fill_saved_result();
   fill_swa_result();
   emit({{"event", "end"}, {"result", result.to_json()}});
   return result;
@@ -321,10 +329,11 @@ Trainer::Trainer(std::shared_ptr<model::EncoderClassifier> model, std::shared_pt
 
 fs::path Trainer::checkpoints_dir() const { return fs::path(options_.output_dir) / "checkpoints"; }
 
-FitResult Trainer::fit(bool resume, const Callback& callback) {
-  SigintGuard sigint;
+FitResult Trainer::fit(bool resume, const Callback& callback, bool take_over_mirror) {
+  util::RunLock run_lock(options_.output_dir, "training");
+  StopSignalGuard stop_signals;
   model_->to(torch::Device(options_.device));
-  Impl impl(*this, callback);
+  Impl impl(*this, callback, take_over_mirror);
   impl.begin(resume);
   if (impl.s.finished) {
     ENSTACK_LOG_INFO("this run already finished (step ", impl.s.global_step, "); nothing to do");
@@ -333,7 +342,7 @@ FitResult Trainer::fit(bool resume, const Callback& callback) {
     impl.result.best_metric = impl.s.best_metric;
     impl.result.last_eval = impl.s.last_eval;
     impl.result.best_eval = impl.s.best_eval;
-    if (impl.s.best_step >= 0) impl.result.best_dir = (checkpoints_dir() / "best").string();
+    impl.fill_saved_result();
     impl.fill_swa_result();
     return impl.result;
   }

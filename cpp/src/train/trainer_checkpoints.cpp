@@ -92,7 +92,10 @@ void Trainer::Impl::report_saves() {
     if (!e.error.empty()) record["error"] = e.error;
     const std::string dir = fs::path(e.path).filename().string();
     if (e.kind == Kind::kSaved && (dir.rfind("step-", 0) == 0 || dir == "recovery")) result.last_checkpoint = e.path;
-    if (e.kind == Kind::kSaveFailed) ++result.save_errors;
+    if (e.kind == Kind::kSaveFailed) {
+      ++result.save_errors;
+      result.last_save_error = e.error;
+    }
     emit(record);
   }
 }
@@ -116,6 +119,27 @@ void Trainer::Impl::report_saves() {
       "the same factor (the effective batch stays the same, e.g. batch_size ", std::max<int64_t>(1, o.batch_size / 2),
       " with grad_accum ", o.grad_accum * 2, "), lower model.max_length, or use precision fp16 (CUDA) / bf16; then "
       "resume with allow_changes (the batch layout changed). Device message: ", e.what_without_backtrace()));
+}
+
+void Trainer::Impl::fill_saved_result() {
+  const fs::path best = t.checkpoints_dir() / "best";
+  result.best_dir.clear();
+  result.best_saved_step = -1;
+  if (fs::exists(best / ckpt::kManifestName)) {
+    try {
+      result.best_saved_step = verify_checkpoint(best).step;
+      result.best_dir = best.string();
+    } catch (const CheckpointError& e) {
+      ENSTACK_LOG_WARN("the best model in ", best.string(), " is not valid: ", e.what());
+    }
+  }
+  if (result.last_checkpoint.empty()) {
+    try {
+      if (auto found = find_resume_checkpoint({t.checkpoints_dir()})) result.last_checkpoint = found->string();
+    } catch (const CheckpointError&) {
+      // none valid: last_checkpoint stays empty and save_errors says why
+    }
+  }
 }
 
 void Trainer::Impl::update_swa() {

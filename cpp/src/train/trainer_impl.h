@@ -16,6 +16,7 @@
 
 #include "enstack/ckpt/async_saver.h"
 #include "enstack/ckpt/checkpoint_dir.h"
+#include "enstack/ckpt/mirror_lease.h"
 #include "enstack/data/loader.h"
 #include "enstack/train/adamw.h"
 #include "enstack/train/grad_scaler.h"
@@ -42,8 +43,9 @@ inline int64_t swa_start_epoch(const TrainerOptions& o) {
   return o.swa_start_epoch > 0 ? o.swa_start_epoch : std::min(o.epochs, o.epochs * 3 / 4 + 1);
 }
 
-inline ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o) {
+inline ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o, std::shared_ptr<const ckpt::MirrorLease> lease) {
   ckpt::AsyncSaverOptions a;
+  a.mirror_lease = std::move(lease);
   a.coalesce = o.save_coalesce;
   a.synchronous = !o.async_save;
   a.keep_steps = static_cast<int>(o.save_total_limit);
@@ -61,6 +63,7 @@ struct Trainer::Impl {
   GradScaler scaler;
   Schedule schedule;
   std::unique_ptr<SwaAverage> swa;
+  std::shared_ptr<ckpt::MirrorLease> lease;  // before the saver: held until its last mirror copy is done
   ckpt::AsyncSaver saver;
   double snapshot_wait_seconds = 0.0;  // training time spent waiting for checkpoint copies
   int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0, swa_start_step = 0;
@@ -76,10 +79,14 @@ struct Trainer::Impl {
   int64_t log_windows = 0, log_samples = 0, log_tokens = 0;
   std::chrono::steady_clock::time_point log_start = std::chrono::steady_clock::now();
 
-  Impl(Trainer& trainer, const Callback& cb)
+  Impl(Trainer& trainer, const Callback& cb, bool take_over_mirror)
       : t(trainer), o(trainer.options_), model(*trainer.model_), device(trainer.options_.device),
         optimizer(named_parameters(), adamw_options()), scaler(scaler_options()),
-        schedule(parse_schedule(o.lr_schedule)), saver(saver_options(trainer.options_)), callback(cb) {
+        schedule(parse_schedule(o.lr_schedule)),
+        lease(o.mirror_dir.empty() ? nullptr
+                                   : std::make_shared<ckpt::MirrorLease>(o.mirror_dir, o.mirror_lease_seconds,
+                                                                         take_over_mirror)),
+        saver(saver_options(trainer.options_, lease)), callback(cb) {
     windows_per_epoch = data::EpochPlan::num_windows(
         (t.train_->size() + o.batch_size - 1) / o.batch_size, o.grad_accum);
     total_steps = windows_per_epoch * o.epochs;
@@ -136,6 +143,8 @@ struct Trainer::Impl {
   void save(const std::string& name);
   void check_interrupt();
   FitResult finish();
+  // best_dir/best_saved_step and last_checkpoint as the disk holds them (see FitResult).
+  void fill_saved_result();
   void fill_swa_result() {
     result.swa_count = s.swa_count;
     result.swa_eval = s.swa_eval;

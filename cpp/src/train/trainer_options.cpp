@@ -34,6 +34,7 @@ void TrainerOptions::validate() const {
   need(swa_every_steps >= 0, "train.swa.every_steps must not be negative");
   need(swa_lr >= 0 && swa_lr < 1, "train.swa.lr must be in (0, 1)");
   need(std::isfinite(loss_scale) && loss_scale > 0, "train.loss_scale must be a positive number");
+  need(std::isfinite(mirror_lease_seconds) && mirror_lease_seconds > 0, "run.mirror_lease_seconds must be > 0");
   const std::string text = p.str();
   ENSTACK_CHECK(text.empty(), ConfigError, "invalid training options:", text);
 }
@@ -74,6 +75,7 @@ TrainerOptions TrainerOptions::from_json(const nlohmann::json& j) {
     get("config_fingerprint", o.config_fingerprint);
     get("allow_changes", o.allow_changes);
     get("mirror_dir", o.mirror_dir);
+    get("mirror_lease_seconds", o.mirror_lease_seconds);
     get("async_save", o.async_save);
     get("save_coalesce", o.save_coalesce);
     get("best_model_dtype", o.best_model_dtype);
@@ -93,7 +95,8 @@ nlohmann::json FitResult::to_json() const {
           {"resumed", resumed}, {"last_eval", last_eval}, {"best_eval", best_eval},
           {"best_metric", std::isnan(best_metric) ? nlohmann::json(nullptr) : nlohmann::json(best_metric)},
           {"best_dir", best_dir}, {"last_checkpoint", last_checkpoint}, {"swa_eval", swa_eval},
-          {"swa_dir", swa_dir}, {"swa_count", swa_count}, {"save_errors", save_errors}};
+          {"swa_dir", swa_dir}, {"swa_count", swa_count}, {"save_errors", save_errors},
+          {"last_save_error", last_save_error}, {"best_saved_step", best_saved_step}};
 }
 
 torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size, Output output) {

@@ -88,11 +88,11 @@ ckpt::Snapshot snapshot_full_checkpoint(const model::EncoderClassifier& model, c
   }
   ckpt::Snapshot snapshot(state.global_step, "full",
                           {{"epoch", state.epoch}, {"batch_cursor", state.batch_cursor}, {"finished", state.finished}});
-  snapshot.add_json("config.json", model.config().to_json());
-  snapshot.add_tensors_deferred("model.safetensors", model::state_of(model), pool);
-  snapshot.add_tensors_deferred("optimizer.safetensors", extra, pool);
+  snapshot.add_json(kConfigFile, model.config().to_json());
+  snapshot.add_tensors_deferred(kModelFile, model::state_of(model), pool);
+  snapshot.add_tensors_deferred(kOptimizerFile, extra, pool);
   if (swa != nullptr && swa->count() > 0) snapshot.add_tensors_deferred(kSwaFile, swa->state_tensors(), pool);
-  snapshot.add_json("trainer_state.json", {{"state", state.to_json()}, {"options", options}});
+  snapshot.add_json(kStateFile, {{"state", state.to_json()}, {"options", options}});
   return snapshot;
 }
 
@@ -107,20 +107,20 @@ ckpt::Snapshot snapshot_model(const model::EncoderClassifier& model, int64_t ste
     config["torch_dtype"] = "float16";
   }
   ckpt::Snapshot snapshot(step, "model", extra);
-  snapshot.add_json("config.json", config);
-  snapshot.add_tensors_deferred("model.safetensors", weights, pool);
+  snapshot.add_json(kConfigFile, config);
+  snapshot.add_tensors_deferred(kModelFile, weights, pool);
   return snapshot;
 }
 
 TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier& model, AdamW& optimizer,
                                   GradScaler& scaler, SwaAverage* swa, const torch::Device& device) {
   ckpt::verify(dir);
-  model::SafetensorsReader weights(dir / "model.safetensors");
+  model::SafetensorsReader weights(dir / kModelFile);
   model::StateMap state;
   for (const auto& name : weights.names()) state.emplace(name, weights.tensor(name, torch::kFloat));
   model::load_state(model, state);
 
-  model::SafetensorsReader extra(dir / "optimizer.safetensors");
+  model::SafetensorsReader extra(dir / kOptimizerFile);
   std::map<std::string, torch::Tensor> optimizer_state, scaler_state;
   torch::Tensor rng, cuda_rng;
   for (const auto& name : extra.names()) {
@@ -152,7 +152,7 @@ TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier&
                        "the resume will differ from an uninterrupted run.");
     }
   }
-  auto j = nlohmann::json::parse(util::read_file<CheckpointError>(dir / "trainer_state.json"), nullptr, false);
+  auto j = nlohmann::json::parse(util::read_file<CheckpointError>(dir / kStateFile), nullptr, false);
   ENSTACK_CHECK(!j.is_discarded() && j.contains("state"), CheckpointError, dir.string(),
                 "/trainer_state.json is not valid.");
   TrainerState saved = TrainerState::from_json(j["state"]);
@@ -167,6 +167,37 @@ TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier&
   return saved;
 }
 
+ckpt::Manifest verify_checkpoint(const fs::path& dir) {
+  ckpt::Manifest manifest = ckpt::verify(dir);
+  auto bad = [&](const std::string& what) {
+    return CheckpointError(util::str_cat("checkpoint ", dir.string(), " ", what,
+                                         "; it is damaged or was not written by enstack. Use another checkpoint."));
+  };
+  std::vector<const char*> required;
+  if (manifest.kind == "full") {
+    required = {kConfigFile, kModelFile, kOptimizerFile, kStateFile};
+  } else if (manifest.kind == "model") {
+    required = {kConfigFile, kModelFile};
+  } else {
+    throw bad("is of the unknown kind '" + manifest.kind + "' (enstack writes full and model)");
+  }
+  for (const char* name : required) {
+    const bool listed = std::any_of(manifest.files.begin(), manifest.files.end(),
+                                    [&](const ckpt::FileEntry& f) { return f.name == name; });
+    if (!listed) throw bad(util::str_cat("has no ", name, " in its manifest, which every ", manifest.kind, " checkpoint has"));
+  }
+  if (manifest.kind == "full") {
+    auto j = nlohmann::json::parse(util::read_file<CheckpointError>(dir / kStateFile), nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("state")) throw bad(util::str_cat("has an unreadable ", kStateFile));
+    try {
+      TrainerState::from_json(j["state"]);
+    } catch (const CheckpointError& e) {
+      throw bad(e.what());
+    }
+  }
+  return manifest;
+}
+
 std::optional<fs::path> find_resume_checkpoint(const std::vector<fs::path>& roots) {
   // step-* and recovery/ compete by manifest step; on a tie the earlier root (local) wins.
   std::vector<std::tuple<int64_t, std::size_t, fs::path>> candidates;
@@ -179,15 +210,40 @@ std::optional<fs::path> find_resume_checkpoint(const std::vector<fs::path>& root
     if (std::get<1>(a) != std::get<1>(b)) return std::get<1>(a) < std::get<1>(b);
     return std::get<2>(a) > std::get<2>(b);  // recovery before step-* of the same step: a fixed order
   });
+  std::vector<std::string> rejected;
   for (const auto& [step, root, path] : candidates) {
     try {
-      const auto manifest = ckpt::verify(path);
+      const auto manifest = verify_checkpoint(path);
       if (manifest.kind == "full") return path;
+      rejected.push_back(util::str_cat(path.string(), ": a ", manifest.kind, " checkpoint, not a full one"));
     } catch (const CheckpointError& e) {
       ENSTACK_LOG_WARN("skipping checkpoint ", path.string(), " (step ", step, "): ", e.what());
+      rejected.push_back(util::str_cat(path.string(), ": ", e.what()));
     }
   }
-  return std::nullopt;
+  // Directories named as checkpoints whose manifest could not even be read.
+  for (const auto& root : roots) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (!entry.is_directory() || (name.rfind("step-", 0) != 0 && name != "recovery")) continue;
+      const bool listed = std::any_of(candidates.begin(), candidates.end(),
+                                      [&](const auto& c) { return std::get<2>(c) == entry.path(); });
+      if (listed) continue;
+      try {
+        ckpt::verify(entry.path());
+      } catch (const std::exception& e) {
+        rejected.push_back(util::str_cat(entry.path().string(), ": ", e.what()));
+      }
+    }
+  }
+  if (rejected.empty()) return std::nullopt;
+  std::string list;
+  for (const auto& r : rejected) list += "\n  - " + r;
+  throw CheckpointError(util::str_cat(
+      "cannot resume: checkpoints exist but none of them is valid:", list,
+      "\nNothing was changed. To start over knowingly, train with resume=False (`enstack train --no-resume`), "
+      "which moves these checkpoints aside; or repair or restore one of them (e.g. from run.mirror_dir)."));
 }
 
 }  // namespace enstack::train

@@ -15,8 +15,15 @@
 #include "enstack/train/adamw.h"
 #include "enstack/train/grad_scaler.h"
 #include "enstack/train/swa.h"
+#include "enstack/train/trainer.h"
 
 namespace enstack::train {
+
+// The files of a checkpoint directory (Hugging Face names where they exist).
+inline constexpr const char* kConfigFile = "config.json";
+inline constexpr const char* kModelFile = "model.safetensors";
+inline constexpr const char* kOptimizerFile = "optimizer.safetensors";
+inline constexpr const char* kStateFile = "trainer_state.json";
 
 struct TrainerState {
   int64_t epoch = 0;          // the epoch in progress (0-based)
@@ -61,7 +68,8 @@ TrainerState load_full_checkpoint(const std::filesystem::path& dir, model::Encod
                                   const torch::Device& device);
 
 // The newest valid full checkpoint among the roots (the run's checkpoints/ first,
-// then its mirror): step-* and recovery directories, by manifest step.
+// then its mirror): step-* and recovery directories, by manifest step. nullopt when
+// there are none; CheckpointError listing each one and why when none is valid.
 std::optional<std::filesystem::path> find_resume_checkpoint(const std::vector<std::filesystem::path>& roots);
 
 }  // namespace enstack::train

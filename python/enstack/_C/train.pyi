@@ -12,11 +12,15 @@ from typing import Callable, Sequence, Tuple
 from . import model as _model
 from . import data as _data
 
+class Terminated(KeyboardInterrupt):
+    """fit stopped on SIGTERM; a recovery checkpoint was written."""
+
 class Trainer:
     def __init__(self, model: _model.EncoderClassifier, train: _data.TokenStore,
                  eval: Optional[_data.TokenStore], options: Dict[str, Any]) -> None: ...
     def fit(self, resume: bool = True,
-            callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None) -> Dict[str, Any]: ...
+            callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
+            take_over_mirror: bool = False) -> Dict[str, Any]: ...
     def predict(self, store: _data.TokenStore, batch_size: int = 0, output: str = "probabilities") -> torch.Tensor: ...
     def evaluate(self, store: _data.TokenStore) -> Dict[str, Any]: ...
     @property

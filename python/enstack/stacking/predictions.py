@@ -176,7 +176,7 @@ def checkpoint_identity(path: os.PathLike, kind: str) -> Dict[str, Any]:
 
     The path is kept for people, not compared: a Drive folder has another path in the next session.
     """
-    manifest = _ckpt.verify(str(path))  # raises CheckpointError when a file is missing or corrupt
+    manifest = _ckpt.verify_checkpoint(str(path))  # raises CheckpointError when a file is missing or corrupt
     weights = next((f for f in manifest["files"] if f["name"] == "model.safetensors"), None)
     if weights is None:
         raise CheckpointError(f"checkpoint {path} has no model.safetensors in its manifest.")

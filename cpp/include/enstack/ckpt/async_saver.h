@@ -32,6 +32,8 @@
 
 namespace enstack::ckpt {
 
+class MirrorLease;
+
 namespace fs = std::filesystem;
 
 struct SaveEvent {
@@ -51,6 +53,8 @@ struct AsyncSaverOptions {
   int keep_steps = 2;         // save_total_limit for step checkpoints (local and mirror); < 1: keep all
   std::string step_prefix = "step-";
   bool synchronous = false;   // write on the caller's thread (saving then stalls training)
+  // The claim on mirror_root; while it is lost (another runtime took it over) nothing is mirrored.
+  std::shared_ptr<const MirrorLease> mirror_lease;
 };
 
 class AsyncSaver {

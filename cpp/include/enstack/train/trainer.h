@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "enstack/ckpt/checkpoint_dir.h"
 #include "enstack/data/token_store.h"
 #include "enstack/model/encoder_classifier.h"
 #include "enstack/train/metrics.h"
@@ -57,6 +58,7 @@ struct TrainerOptions {
   bool allow_changes = false;      // accept a changed dataset/config on resume, knowingly
   // Saving (see enstack/ckpt/async_saver.h)
   std::string mirror_dir;          // a second root (e.g. Drive) receiving verified copies; "" for none
+  double mirror_lease_seconds = 120.0;  // a mirror lease without a heartbeat for this long is stale
   bool async_save = true;          // write checkpoints on a background thread
   bool save_coalesce = true;       // a save point during a running save replaces a queued one, else waits
   std::string best_model_dtype = "fp32";  // fp32 | fp16: dtype of best/ and swa/ weights
@@ -69,6 +71,11 @@ struct TrainerOptions {
   void validate() const;  // throws ConfigError listing every problem
   static TrainerOptions from_json(const nlohmann::json& j);
 };
+
+// A checkpoint as resume accepts it: its manifest and files (ckpt::verify), the files its
+// kind requires, and for a full one a complete, typed trainer_state.json. Throws
+// CheckpointError saying what is wrong. `enstack ckpt verify/list/inspect` use it too.
+ckpt::Manifest verify_checkpoint(const std::filesystem::path& dir);
 
 struct FitResult {
   int64_t global_step = 0;
@@ -83,14 +90,24 @@ struct FitResult {
   std::string swa_dir;
   int64_t swa_count = 0;
   int64_t save_errors = 0;   // saves that failed during this fit (training went on)
+  std::string last_save_error;  // the last of those failures ("" when none)
+  // What is on disk when fit returns: best_dir is set only when best/ verifies, and
+  // best_saved_step is the step of the model it holds (-1: none), which is older than
+  // best_eval's step when the newest best could not be written. last_checkpoint is the
+  // newest valid full checkpoint of the run (of an earlier fit too), "" when none.
+  int64_t best_saved_step = -1;
   nlohmann::json to_json() const;
 };
 
-// Thrown when fit stops at a step boundary because of Ctrl-C (SIGINT) or a callback
-// asked to stop; a recovery checkpoint has been written.
+// Thrown when fit stops at a step boundary because of Ctrl-C (SIGINT), SIGTERM or a
+// callback that asked to stop; a recovery checkpoint has been written.
 class Interrupted : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit Interrupted(const std::string& what, int signal = 0) : std::runtime_error(what), signal_(signal) {}
+  int signal() const { return signal_; }  // SIGINT, SIGTERM, or 0 (the callback stopped it)
+
+ private:
+  int signal_;
 };
 
 class Trainer {
@@ -103,7 +120,9 @@ class Trainer {
   Trainer(std::shared_ptr<model::EncoderClassifier> model, std::shared_ptr<const data::TokenStore> train,
           std::shared_ptr<const data::TokenStore> eval, TrainerOptions options);
 
-  FitResult fit(bool resume, const Callback& callback = {});
+  // Holds the run directory's lock (util::RunLock) and, with a mirror, its lease
+  // (ckpt::MirrorLease) for the whole fit; `take_over_mirror` takes a fresh lease over.
+  FitResult fit(bool resume, const Callback& callback = {}, bool take_over_mirror = false);
   // Class probabilities [N, C] (or raw logits) of a store in its own order, without
   // grad, under autocast. Batches are formed from examples sorted by length (little
   // padding), and the results are put back in the store's order.
