@@ -139,7 +139,7 @@ if IN_COLAB:
             raise FileNotFoundError(f"ENSTACK_SOURCE: {SOURCE_TREE} holds no enstack source tree (no pyproject.toml). "
                                     "Set it to a git URL or to the folder you copied the source to.")
     if importlib.util.find_spec("enstack") is None:
-        !apt-get install -y -q libspdlog-dev nlohmann-json3-dev libsentencepiece-dev ninja-build
+        !apt-get install -y -q libspdlog-dev libfmt-dev nlohmann-json3-dev ninja-build
         %pip install -q "scikit-build-core>=0.10" "cmake>=3.26" ninja
         %pip install --no-build-isolation {SOURCE_TREE}
         importlib.invalidate_caches()  # so that the next cell finds the package just installed
