@@ -135,11 +135,16 @@ RUNNER = textwrap.dedent("""
     import json, os, signal, sys
     import enstack
     overrides, kill_event, kill_step, losses = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    saved = []
     def on_record(r):
         if r["event"] == "log":
             with open(losses, "a") as f:
                 f.write(json.dumps([r["step"], r["loss"]]) + "\\n")
-        if r["event"] == kill_event and r["step"] == kill_step:
+        if r["event"] == "save":  # reported once the checkpoint is on disk
+            saved.append(r["step"])
+        # Killed on the event once a checkpoint is on disk: under load the background write of
+        # the step-5 save may still be running at step 7, and the "resume" would start over.
+        if r["event"] == kill_event and r["step"] >= kill_step and saved:
             os.kill(os.getpid(), signal.SIGKILL)
     cfg = enstack.load_config("configs/demo.yaml", overrides=overrides)
     print(json.dumps(enstack.Trainer(cfg).fit(resume=True, callback=on_record, progress=False).__dict__))
