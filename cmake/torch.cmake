@@ -1,7 +1,7 @@
 # Finds LibTorch through the Python interpreter that runs the build, so the
 # extension is compiled against exactly the torch that will import it.
 #
-# Defines: target `torch` (imported), ENSTACK_TORCH_VERSION, ENSTACK_TORCH_ABI_DEFINE,
+# Defines: target `torch` (imported), ENSTACK_TORCH_VERSION (torch.__version__, local label included), ENSTACK_TORCH_ABI_DEFINE,
 #          ENSTACK_TORCH_PYTHON_LIBRARY, ENSTACK_TORCH_LIB_DIR.
 if(ENSTACK_BUILD_PYTHON)
   find_package(Python 3.9 REQUIRED COMPONENTS Interpreter Development.Module)
@@ -11,7 +11,7 @@ endif()
 
 execute_process(
   COMMAND "${Python_EXECUTABLE}" -c
-    "import torch, torch.utils; print(torch.utils.cmake_prefix_path); print(torch.__version__.split('+')[0])"
+    "import torch, torch.utils; print(torch.utils.cmake_prefix_path); print(torch.__version__)"
   OUTPUT_VARIABLE _enstack_torch_out
   ERROR_VARIABLE _enstack_torch_err
   RESULT_VARIABLE _enstack_torch_rc

@@ -42,6 +42,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -82,6 +83,9 @@ this one applies it and prints the values in use.
 # Where enstack's source comes from in Colab: a git URL (cloned to /content/enstack) or a folder
 # holding the source tree (a clone or an unpacked archive, e.g. on Drive). Unused outside Colab.
 ENSTACK_SOURCE = "/content/drive/MyDrive/enstack/source"
+# Built wheels, one per source and torch build: a fresh runtime installs in seconds instead of
+# compiling the C++ core (minutes). None: build every time. Unused outside Colab.
+WHEEL_CACHE = "/content/drive/MyDrive/enstack/wheels"
 
 BASE_MODELS = ["demo", "demo-sp2000", "demo-deep"]  # or ["codebert", "graphcodebert", "unixcoder"]
 VRAM_PRESET = "vram-8gb"     # Hub models only: vram-4gb, vram-6gb, vram-8gb, vram-16gb, safe, or None
@@ -103,7 +107,7 @@ STACK_FOLDS = 5
 OPEN_TENSORBOARD = IN_COLAB  # show TensorBoard in the notebook (else its log directory is printed)
 """),
     ("overrides", "code", """
-PARAMETERS = ("ENSTACK_SOURCE", "BASE_MODELS", "VRAM_PRESET", "DATA", "VDISC_DIR", "DEMO_EXAMPLES", "EPOCHS",
+PARAMETERS = ("ENSTACK_SOURCE", "WHEEL_CACHE", "BASE_MODELS", "VRAM_PRESET", "DATA", "VDISC_DIR", "DEMO_EXAMPLES", "EPOCHS",
               "OVERRIDES", "NUM_THREADS", "OUTPUT_DIR", "MIRROR_DIR", "META_CLASSIFIERS", "STACK_PROTOCOL",
               "STACK_FOLDS", "OPEN_TENSORBOARD")
 given = json.loads(os.environ.get("ENSTACK_NOTEBOOK_OVERRIDES") or "{}")
@@ -118,10 +122,11 @@ for name in PARAMETERS:
     ("install-intro", "markdown", """
 ## Install enstack (Colab only)
 
-enstack's C++ core is compiled against the torch that is installed (Colab's own), hence
-`--no-build-isolation` and the build tools installed first; the system packages only make the
-build faster. A restarted runtime that still has enstack skips this. Outside Colab nothing is
-installed.
+enstack's C++ core is compiled against the torch that is installed (Colab's own). The first
+runtime compiles it once (minutes) and stores the wheel in `WHEEL_CACHE` on Drive, keyed by the
+source, Python, the full torch version (`2.13.0+cu126`: a CUDA and a CPU build differ) and the
+platform; every later runtime with the same torch installs that wheel in seconds. A restarted
+runtime that still has enstack skips this. Outside Colab nothing is installed.
 """),
     ("install", "code", """
 SOURCE_TREE = None  # the enstack source tree; its configs/ folder holds the training configs
@@ -139,9 +144,14 @@ if IN_COLAB:
             raise FileNotFoundError(f"ENSTACK_SOURCE: {SOURCE_TREE} holds no enstack source tree (no pyproject.toml). "
                                     "Set it to a git URL or to the folder you copied the source to.")
     if importlib.util.find_spec("enstack") is None:
-        !apt-get install -y -q libspdlog-dev libfmt-dev nlohmann-json3-dev ninja-build
-        %pip install -q "scikit-build-core>=0.10" "cmake>=3.26" ninja
-        %pip install --no-build-isolation {SOURCE_TREE}
+        # The wheel cache module runs before enstack is installed: loaded from the source tree.
+        spec = importlib.util.spec_from_file_location("wheelcache", SOURCE_TREE / "python/enstack/wheelcache.py")
+        wheelcache = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(wheelcache)
+        if WHEEL_CACHE and WHEEL_CACHE.startswith("/content/drive/"):
+            from google.colab import drive
+            drive.mount("/content/drive")
+        wheelcache.install(SOURCE_TREE, WHEEL_CACHE or tempfile.mkdtemp(prefix="enstack-wheels-"))
         importlib.invalidate_caches()  # so that the next cell finds the package just installed
     else:
         print("enstack is installed already")

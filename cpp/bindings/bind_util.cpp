@@ -14,6 +14,7 @@
 
 #include "bindings.h"
 #include "enstack/util/build_info.h"
+#include "enstack/util/clock.h"
 #include "enstack/util/error.h"
 #include "enstack/util/fault_injection.h"
 #include "enstack/util/logging.h"
@@ -93,6 +94,8 @@ void bind_testing(py::module_& m) {
     py::gil_scoped_release release;
     std::thread([&] { util::log(parsed, message); }).join();
   });
+  t.def("advance_clock", &util::advance_test_clock, py::arg("seconds"),
+        "Moves the clock of wall-time schedules (train.save_minutes) forward; for tests.");
   t.def("inject_write_fault", [](const std::string& spec) { util::inject_write_fault(util::parse_write_fault(spec)); },
         py::arg("spec"),
         "Arms a file-write failure: 'ERRNO[:PATH_SUBSTRING[:SKIP[:COUNT]]]' (e.g. 'ENOSPC:step-:0:1'; COUNT -1 = "

@@ -20,14 +20,15 @@ def _check_torch_version() -> None:
             "enstack's compiled core is missing. Build it with "
             "`pip install --no-build-isolation -e .` (or `make setup`) in the source tree."
         ) from e
-    built = _build_info.torch_version.split("+")[0].split(".")[:2]
-    running = torch.__version__.split("+")[0].split(".")[:2]
-    if built != running:
+    # The whole version, local label included: 2.13.0+cu130 and 2.13.0+cpu are different
+    # libraries (a module built against the first looks for libtorch_cuda.so).
+    if _build_info.torch_version != torch.__version__:
         raise ImportError(
             f"enstack was compiled against torch {_build_info.torch_version} but torch "
             f"{torch.__version__} is installed. The C++ core must be rebuilt for this torch: "
             "`pip install --no-build-isolation --force-reinstall --no-deps enstack` "
-            "(or `pip install --no-build-isolation -e .` in a source tree)."
+            "(or `pip install --no-build-isolation -e .` in a source tree; in Colab, "
+            "enstack.colab.install() keeps one wheel per torch build on Drive)."
         )
 
 

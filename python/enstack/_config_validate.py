@@ -455,6 +455,8 @@ def _check_train(t: "TrainConfig", p: Problems) -> None:
     for key in ("eval_steps", "save_steps", "save_total_limit"):
         value = getattr(t, key)
         p.require(value is None or value >= 1, f"train.{key}", f"must be >= 1 or null, got {value}")
+    p.require(t.save_minutes is None or (math.isfinite(t.save_minutes) and t.save_minutes > 0), "train.save_minutes",
+              f"must be > 0 or null, got {t.save_minutes}")
 
 
 def _check_schedule(t: "TrainConfig", p: Problems) -> None:
@@ -485,9 +487,6 @@ def _check_tracking(t: "TrainConfig", p: Problems) -> None:
         return
     if t.eval_steps is None:
         p.add("train.eval_steps", "required with eval_strategy steps (e.g. 500), or use eval_strategy epoch")
-        return
-    tracking = t.metric_for_best is not None or stop.patience is not None
-    if tracking and t.save_steps is not None and t.eval_steps >= 1 and t.save_steps % t.eval_steps:
-        fixed = -(-t.save_steps // t.eval_steps) * t.eval_steps
-        p.add("train.save_steps", f"{t.save_steps} is not a multiple of eval_steps ({t.eval_steps}); best-model "
-              f"tracking and early stopping need a checkpoint at evaluations: use e.g. {fixed}")
+    # save_steps need not be a multiple of eval_steps (the transformers Trainer's rule, where the
+    # best model is picked among saved checkpoints): best/ is written at evaluation time, and a
+    # checkpoint between evaluations carries the best metric and the patience counter.

@@ -29,7 +29,8 @@ def _doctor(args: argparse.Namespace) -> int:
         ("torch (compiled against)", _build_info.torch_version),
         ("C++ compiler", _build_info.cxx_compiler),
         ("build type", _build_info.build_type),
-        ("LibTorch built with CUDA", str(info["cuda_compiled"])),
+        ("torch build", f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"),
+        ("cuDNN", str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"),
         ("CUDA available", str(torch.cuda.is_available())),
     ]
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):

@@ -16,10 +16,11 @@ import sys
 from typing import Any, Dict, List, Mapping, Optional
 
 from enstack._C import ConfigError
+from enstack.wheelcache import install
 
 log = logging.getLogger("enstack")
 
-__all__ = ["DRIVE_ROOT", "check_drive_paths", "drive_mounted", "in_colab", "is_drive_path", "mount_drive"]
+__all__ = ["DRIVE_ROOT", "check_drive_paths", "drive_mounted", "in_colab", "install", "is_drive_path", "mount_drive"]
 
 #: Where Colab mounts Google Drive.
 DRIVE_ROOT = "/content/drive"

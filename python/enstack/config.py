@@ -202,6 +202,8 @@ class TrainConfig(_Section):
     eval_strategy: EvalStrategy = _f("epoch", "Evaluate at the end of each epoch or every eval_steps steps.")
     eval_steps: Optional[int] = _f(None, "Optimizer steps between evaluations; required for eval_strategy steps.")
     save_steps: Optional[int] = _f(None, "Optimizer steps between checkpoints; null: at every evaluation.")
+    save_minutes: Optional[float] = _f(None, "Also checkpoint at the first step boundary this many minutes of wall "
+                                       "time after the last save (Colab users lose time, not steps); null: off.")
     save_total_limit: Optional[int] = _f(2, "step-* checkpoints kept (last/, best/ always are); null: all.")
     logging_steps: int = _f(50, "Optimizer steps between log records (and Python callbacks).")
     metric_for_best: Optional[Metric] = _f("f1_weighted", "Metric choosing checkpoints/best/ and driving "
@@ -225,7 +227,7 @@ class TrainConfig(_Section):
 _NOT_FINGERPRINTED = frozenset({
     "run.name", "run.output_dir", "run.mirror_dir", "run.mirror_lease_seconds", "run.num_threads", "run.device", "run.log_level",
     "data.format", "data.train", "data.validation", "data.test", "data.id_column", "data.max_bad_share",
-    "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_total_limit",
+    "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_minutes", "train.save_total_limit",
     "train.logging_steps", "train.save_coalesce", "train.best_model_dtype",
 })
 

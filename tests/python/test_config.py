@@ -229,17 +229,15 @@ def test_ranges_and_enums(dotted, key, fragment):
 # ---------------------------------------------------------------- cross-field rules
 
 
-def test_steps_strategy_needs_eval_steps_and_aligned_save_steps():
+def test_steps_strategy_needs_eval_steps_and_save_steps_are_free():
     assert "required with eval_strategy steps" in problems(train__eval_strategy="steps")["train.eval_steps"]
-    found = problems(train__eval_strategy="steps", train__eval_steps=50, train__save_steps=75)
-    assert "not a multiple of eval_steps (50)" in found["train.save_steps"]
-    assert "use e.g. 100" in found["train.save_steps"]
-    assert problems(train__eval_strategy="steps", train__eval_steps=50, train__save_steps=100) == {}
+    # Frequent saves with rare evaluations (the Colab setup): best/ is written at evaluation time.
+    assert problems(train__eval_strategy="steps", train__eval_steps=50, train__save_steps=5) == {}
     assert problems(train__eval_strategy="steps", train__eval_steps=50, train__save_steps=75,
-                    train__metric_for_best=None) == {}
+                    train__early_stopping__patience=2) == {}
     found = problems(train__eval_strategy="steps", train__eval_steps=50, train__save_steps=75,
                      train__metric_for_best=None, train__early_stopping__patience=2)
-    assert "train.save_steps" in found and "train.early_stopping.patience" in found  # patience needs a metric
+    assert "train.early_stopping.patience" in found  # patience needs a metric
 
 
 def test_fp16_is_accepted_on_every_device_where_torch_can_run_it(monkeypatch):

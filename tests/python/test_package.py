@@ -3,6 +3,7 @@ hierarchy across the C++/Python boundary, and the CLI."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -63,7 +64,15 @@ def test_a_different_torch_at_run_time_is_a_clear_import_error(monkeypatch):
 
 
 def test_the_core_was_built_against_the_running_torch():
-    assert _C.__torch_version__.split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
+    assert _C.__torch_version__ == torch.__version__
+
+
+def test_a_torch_of_the_same_version_but_another_build_is_refused(monkeypatch):
+    other = "+cu130" if "+cpu" in torch.__version__ else "+cpu"
+    monkeypatch.setattr(torch, "__version__", torch.__version__.split("+")[0] + other)
+    with pytest.raises(ImportError, match=rf"compiled against torch {re.escape(_C.__torch_version__)} but torch "
+                                          rf"{re.escape(torch.__version__)}.*--no-build-isolation"):
+        enstack._check_torch_version()
 
 
 def _cli(*args):
@@ -76,7 +85,7 @@ def test_doctor_reports_versions_threads_and_dependencies():
     text = out.stdout
     for needle in ["enstack", enstack.__version__, torch.__version__, "python", "C++ compiler",
                    "CUDA available", "intra-op threads", "C++ dep spdlog", "C++ dep nlohmann_json",
-                   "C++ dep sentencepiece"]:
+                   "C++ dep sentencepiece", "torch build", "cuDNN", "static 0.2.1"]:
         assert needle in text, f"{needle!r} missing from doctor output:\n{text}"
 
 

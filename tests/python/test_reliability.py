@@ -293,3 +293,50 @@ def test_a_second_fit_of_a_finished_run_reports_its_checkpoints(data_files, tmp_
     again = trainer.fit(resume=True, **QUIET)
     assert again.last_checkpoint == first.last_checkpoint != ""
     assert again.best_dir == first.best_dir and again.best_saved_step == first.best_saved_step >= 0
+
+
+# -- wall-time saves ----------------------------------------------------------------------------
+
+CLOCKED = textwrap.dedent("""
+    import json, os, signal, sys
+    import enstack
+    from enstack._C import _testing
+    overrides, kill_after = json.loads(sys.argv[1]), int(sys.argv[2])
+    saved = []
+    def on_record(r):
+        if r["event"] == "log":
+            _testing.advance_clock(40.0)  # each step "takes" 40 s: with save_minutes 1, a save every 2 steps
+        if r["event"] == "save" and "step-" in r["path"]:
+            saved.append(r["step"])
+            if 0 <= kill_after <= r["step"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+    cfg = enstack.load_config("configs/demo.yaml", overrides=overrides)
+    enstack.Trainer(cfg).fit(resume=True, callback=on_record, progress=False, tensorboard=False, plots=False)
+    print(json.dumps(saved))
+""")
+
+
+def test_save_minutes_saves_by_wall_time_and_resume_stays_exact(data_files, tmp_path):
+    script = tmp_path / "clocked.py"
+    script.write_text(CLOCKED)
+    # save_coalesce off: every save point is written (a coalesced one would replace a queued save).
+    epoch_only = {"train.save_steps": None, "train.eval_strategy": "epoch", "train.eval_steps": None}
+    timed = dict(epoch_only, **{"train.save_minutes": 1, "train.save_coalesce": False})
+    run = lambda out, kill, **more: subprocess.run(  # noqa: E731
+        [sys.executable, str(script), json.dumps(overrides(data_files, out, **more)), str(kill)],
+        capture_output=True, text=True)
+    straight = run(tmp_path / "straight", -1, **epoch_only)
+    assert straight.returncode == 0, straight.stderr
+    assert json.loads(straight.stdout) == [9, 18]  # epoch ends only
+    timed_run = run(tmp_path / "timed", -1, **timed)
+    assert timed_run.returncode == 0, timed_run.stderr
+    assert json.loads(timed_run.stdout) == [2, 4, 6, 8, 9, 11, 13, 15, 17, 18]
+    killed = run(tmp_path / "killed", 4, **timed)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = run(tmp_path / "killed", -1, **timed)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    for other in ("timed", "killed"):
+        a, b = _last_state(tmp_path / "straight"), _last_state(tmp_path / other)
+        assert a[0] == b[0]
+        for x, y in ((a[1], b[1]), (a[2], b[2])):
+            assert all(torch.equal(x[k], y[k]) for k in x), other

@@ -192,6 +192,30 @@ def test_resume_after_sigkill_is_bitwise_equal_to_an_uninterrupted_run(data_file
     assert a == b
 
 
+def test_best_model_and_early_stopping_survive_a_resume_between_evaluations(data_files, tmp_path):
+    # Saves every 3 steps, evaluations every 5: the run is killed right after the step-6 save,
+    # between the evaluations at 5 and 10. A loss threshold no evaluation can meet makes early
+    # stopping end the run at the third evaluation (patience 2), in both runs.
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    more = {"train.save_steps": 3, "train.eval_steps": 5, "train.metric_for_best": "loss",
+            "train.greater_is_better": False, "train.early_stopping.patience": 2,
+            "train.early_stopping.threshold": 10.0}
+    straight = run(script, overrides(data_files, tmp_path / "straight", **more))
+    assert straight.returncode == 0, straight.stderr
+    killed = run(script, overrides(data_files, tmp_path / "killed", **more), "save", 6)
+    assert killed.returncode == -9, killed.stderr
+    resumed = run(script, overrides(data_files, tmp_path / "killed", **more))
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    a, b = json.loads(straight.stdout), json.loads(resumed.stdout)
+    assert a["early_stopped"] and b["early_stopped"] and a["global_step"] == b["global_step"] == 15
+    for key in ("best_metric", "best_saved_step", "best_eval", "last_eval"):
+        assert a[key] == b[key], key
+    best_a = load_file(tmp_path / "straight" / "checkpoints" / "best" / "model.safetensors")
+    best_b = load_file(tmp_path / "killed" / "checkpoints" / "best" / "model.safetensors")
+    assert best_a.keys() == best_b.keys() and all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
 def test_accumulation_equals_the_full_batch_update(data_files, tmp_path):
     results = {}
     for name, batch, accum in [("full", 12, 1), ("accum", 6, 2)]:

@@ -15,6 +15,7 @@
 
 #include "enstack/data/epoch_plan.h"
 #include "enstack/train/clip.h"
+#include "enstack/util/clock.h"
 #include "enstack/util/error.h"
 #include "enstack/util/logging.h"
 #include "enstack/util/run_lock.h"
@@ -197,7 +198,9 @@ void Trainer::Impl::after_step(double lr, double norm) {
     update_swa();
   }
   if (o.eval_strategy == "steps" && o.eval_steps > 0 && s.global_step % o.eval_steps == 0) evaluate_and_track();
-  if (o.save_steps > 0 && s.global_step % o.save_steps == 0) save(step_name(s.global_step));
+  const bool step_due = o.save_steps > 0 && s.global_step % o.save_steps == 0;
+  const bool time_due = o.save_minutes > 0 && util::monotonic_seconds() - last_save_time >= 60.0 * o.save_minutes;
+  if (step_due || time_due) save(step_name(s.global_step));
 }
 
 double Trainer::Impl::learning_rate(int64_t step) const {

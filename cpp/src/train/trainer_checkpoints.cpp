@@ -69,6 +69,7 @@ void Trainer::Impl::evaluate_and_track() {
 }
 
 void Trainer::Impl::save(const std::string& name) {
+  last_save_time = util::monotonic_seconds();
   const auto start = std::chrono::steady_clock::now();
   auto snapshot = snapshot_full_checkpoint(model, optimizer, scaler, swa.get(), s, options_json(), device,
                                            &saver.pool());

@@ -23,6 +23,7 @@
 #include "enstack/train/schedule.h"
 #include "enstack/train/swa.h"
 #include "enstack/train/trainer.h"
+#include "enstack/util/clock.h"
 #include "trainer_state.h"
 
 namespace enstack::train {
@@ -66,6 +67,7 @@ struct Trainer::Impl {
   std::shared_ptr<ckpt::MirrorLease> lease;  // before the saver: held until its last mirror copy is done
   ckpt::AsyncSaver saver;
   double snapshot_wait_seconds = 0.0;  // training time spent waiting for checkpoint copies
+  double last_save_time = util::monotonic_seconds();  // train.save_minutes counts from here
   int64_t windows_per_epoch = 0, total_steps = 0, warmup = 0, swa_start_step = 0;
   // Fault injection for tests: the optimizer step (1-based) whose forward runs out of memory.
   int64_t inject_oom_at_step = std::getenv("ENSTACK_INJECT_OOM_AT_STEP")

@@ -28,6 +28,7 @@ void TrainerOptions::validate() const {
   need(eval_strategy == "epoch" || eval_strategy == "steps", "train.eval_strategy must be epoch or steps");
   need(eval_strategy != "steps" || eval_steps >= 1, "train.eval_steps must be set with eval_strategy steps");
   need(save_total_limit >= 1, "train.save_total_limit must be at least 1");
+  need(std::isfinite(save_minutes) && save_minutes >= 0, "train.save_minutes must be >= 0 (0: off)");
   need(patience >= 0, "train.early_stopping.patience must not be negative");
   need(best_model_dtype == "fp32" || best_model_dtype == "fp16", "train.best_model_dtype must be fp32 or fp16");
   need(swa_start_epoch >= 0 && swa_start_epoch <= epochs, "train.swa.start_epoch must be in 1..epochs");
@@ -62,6 +63,7 @@ TrainerOptions TrainerOptions::from_json(const nlohmann::json& j) {
     get("eval_strategy", o.eval_strategy);
     get("eval_steps", o.eval_steps);
     get("save_steps", o.save_steps);
+    get("save_minutes", o.save_minutes);
     get("save_total_limit", o.save_total_limit);
     get("logging_steps", o.logging_steps);
     get("metric_for_best", o.metric_for_best);

@@ -44,6 +44,7 @@ struct TrainerOptions {
   std::string eval_strategy = "epoch";  // epoch | steps
   int64_t eval_steps = 0;
   int64_t save_steps = 0;  // 0: only at epoch ends
+  double save_minutes = 0;  // > 0: also save at the first step boundary this much wall time after the last save
   int64_t save_total_limit = 2;
   int64_t logging_steps = 50;
   std::string metric_for_best = "f1_weighted";
