@@ -45,7 +45,9 @@ MirrorLease::MirrorLease(fs::path mirror_dir, double timeout_seconds, bool take_
   if (!existing.is_null()) {
     const double age = util::unix_seconds() - existing.value("heartbeat", 0.0);
     const std::string owner = util::describe_owner(existing.value("owner", nlohmann::json()));
-    if (age < timeout_ && !take_over) {
+    // A process of this machine that is gone (killed, a restarted kernel) holds nothing.
+    const bool gone = util::owner_is_gone(existing.value("owner", nlohmann::json()));
+    if (age < timeout_ && !take_over && !gone) {
       throw CheckpointError(util::str_cat(
           "the mirror ", path_.parent_path().string(), " is leased by ", owner, ", whose last heartbeat was ",
           std::lround(std::max(0.0, age)), " s ago: another runtime is training into it. Two runtimes must not "
@@ -53,8 +55,9 @@ MirrorLease::MirrorLease(fs::path mirror_dir, double timeout_seconds, bool take_
           "runtime's lease expires by itself), or take it over now if you know it is dead: "
           "fit(take_over_mirror=True) / `enstack train --take-over-mirror`."));
     }
-    ENSTACK_LOG_WARN("taking over the mirror lease of ", owner, " (", take_over ? "asked to" : "stale", ", last "
-                     "heartbeat ", std::lround(age), " s ago)");
+    ENSTACK_LOG_WARN("taking over the mirror lease of ", owner, " (",
+                     gone ? "its process is gone" : take_over ? "asked to" : "stale", ", last heartbeat ",
+                     std::lround(age), " s ago)");
   }
   try {
     ENSTACK_CHECK(renew(), CheckpointError, "the mirror lease ", path_.string(),

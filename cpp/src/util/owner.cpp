@@ -1,7 +1,11 @@
 // Process identity for locks and leases (see enstack/util/owner.h).
 #include "enstack/util/owner.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <fstream>
 
 #include <chrono>
 #include <ctime>
@@ -17,6 +21,13 @@ std::string host_name() {
   char name[256] = {};
   if (::gethostname(name, sizeof(name) - 1) != 0) return "?";
   return name;
+}
+
+std::string boot_id() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id;
 }
 
 std::string utc(double seconds) {
@@ -35,8 +46,17 @@ double unix_seconds() {
 }
 
 nlohmann::json this_process(const std::string& purpose) {
-  return {{"host", host_name()}, {"pid", static_cast<int64_t>(::getpid())}, {"started", g_started},
-          {"purpose", purpose}};
+  return {{"host", host_name()}, {"boot_id", boot_id()}, {"pid", static_cast<int64_t>(::getpid())},
+          {"started", g_started}, {"purpose", purpose}};
+}
+
+bool owner_is_gone(const nlohmann::json& owner) {
+  if (!owner.is_object() || owner.value("host", std::string()) != host_name()) return false;
+  const std::string boot = boot_id();
+  if (boot.empty() || owner.value("boot_id", std::string()) != boot) return false;
+  const int64_t pid = owner.value("pid", int64_t{-1});
+  if (pid <= 0 || pid == static_cast<int64_t>(::getpid())) return false;
+  return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
 
 std::string describe_owner(const nlohmann::json& owner) {

@@ -4,6 +4,7 @@
 #include "enstack/ckpt/mirror_lease.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -65,6 +66,19 @@ TEST_F(MirrorLeaseTest, AStaleLeaseIsTakenOverAndGivenUpWhenDone) {
     EXPECT_NE(token_on_disk(), "someone-else");
   }
   EXPECT_FALSE(fs::exists(dir_ / kLeaseName));
+}
+
+TEST_F(MirrorLeaseTest, AFreshLeaseOfAProcessOfThisMachineThatIsGoneIsTakenOver) {
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);  // a pid of this machine that no longer runs (a SIGKILLed trainer)
+  auto owner = util::this_process("training");
+  owner["pid"] = static_cast<int64_t>(child);
+  const nlohmann::json lease = {{"owner", owner}, {"token", "killed-run"}, {"heartbeat", util::unix_seconds()}};
+  util::write_file_atomic(dir_ / kLeaseName, lease.dump());
+  MirrorLease taken(dir_, 60.0, false);
+  EXPECT_TRUE(taken.held());
+  EXPECT_NE(token_on_disk(), "killed-run");
 }
 
 TEST_F(MirrorLeaseTest, AForcedTakeOverTakesAFreshLease) {

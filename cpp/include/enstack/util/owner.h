@@ -8,8 +8,11 @@
 
 namespace enstack::util {
 
-// {"host", "pid", "started" (unix seconds), "purpose"}
+// {"host", "boot_id", "pid", "started" (unix seconds), "purpose"}
 nlohmann::json this_process(const std::string& purpose);
+// True when `owner` is a process of this machine (same host name and kernel boot) that
+// no longer runs: its claims can be taken over at once.
+bool owner_is_gone(const nlohmann::json& owner);
 // "pid 123 on host colab-1 (training, since 2026-12-01 22:30:00 UTC)"
 std::string describe_owner(const nlohmann::json& owner);
 std::string describe_this_process(const std::string& purpose);
