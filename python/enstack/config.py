@@ -199,6 +199,9 @@ class TrainConfig(_Section):
                                   "scaler; on the CPU only fast where it has FP16 units: prefer bf16 there).")
     loss_scale: float = _f(65536.0, "fp16 only: the loss scaler's initial scale (torch.amp.GradScaler's "
                            "init_scale); it halves on every overflow and doubles after 2000 clean steps.")
+    auto_microbatch: bool = _f(True, "On out of memory, run each batch as twice as many micro-batches for the "
+                               "rest of the run (same global batch and update, recorded in checkpoints) "
+                               "instead of stopping with advice.")
     eval_strategy: EvalStrategy = _f("epoch", "Evaluate at the end of each epoch or every eval_steps steps.")
     eval_steps: Optional[int] = _f(None, "Optimizer steps between evaluations; required for eval_strategy steps.")
     save_steps: Optional[int] = _f(None, "Optimizer steps between checkpoints; null: at every evaluation.")
@@ -227,7 +230,7 @@ class TrainConfig(_Section):
 _NOT_FINGERPRINTED = frozenset({
     "run.name", "run.output_dir", "run.mirror_dir", "run.mirror_lease_seconds", "run.num_threads", "run.device", "run.log_level",
     "data.format", "data.train", "data.validation", "data.test", "data.id_column", "data.max_bad_share",
-    "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_minutes", "train.save_total_limit",
+    "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_minutes", "train.save_total_limit", "train.auto_microbatch",
     "train.logging_steps", "train.save_coalesce", "train.best_model_dtype",
 })
 

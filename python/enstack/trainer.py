@@ -131,7 +131,7 @@ class Trainer:
             "warmup_steps": t.warmup_steps, "lr_schedule": t.lr_schedule, "max_grad_norm": t.max_grad_norm,
             "precision": self._precision(device), "eval_strategy": t.eval_strategy, "eval_steps": t.eval_steps or 0,
             "save_steps": t.save_steps if t.save_steps is not None else (t.eval_steps or 0),
-            "save_minutes": float(t.save_minutes or 0.0),
+            "save_minutes": float(t.save_minutes or 0.0), "auto_microbatch": t.auto_microbatch,
             "save_total_limit": t.save_total_limit or 1_000_000, "logging_steps": t.logging_steps,
             "metric_for_best": metric, "greater_is_better": greater,
             "patience": t.early_stopping.patience or 0, "threshold": t.early_stopping.threshold,

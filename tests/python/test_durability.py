@@ -230,8 +230,9 @@ def test_out_of_memory_writes_recovery_with_advice_and_resumes_exactly(data_file
     enstack.Trainer(config(data_files, straight)).fit(resume=False, progress=False, tensorboard=False, plots=False)
     out = tmp_path / "run"
     monkeypatch.setenv("ENSTACK_INJECT_OOM_AT_STEP", "7")
-    with pytest.raises(enstack.Error) as raised:
-        enstack.Trainer(config(data_files, out)).fit(resume=False, progress=False, tensorboard=False, plots=False)
+    with pytest.raises(enstack.Error) as raised:  # train.auto_microbatch false: stop with advice
+        enstack.Trainer(config(data_files, out, **{"train.auto_microbatch": False})).fit(
+            resume=False, progress=False, tensorboard=False, plots=False)
     message = str(raised.value)
     assert "out of memory at optimizer step 7" in message
     for advice in ("train.batch_size", "train.grad_accum", "model.max_length", "fp16", "recovery"):
@@ -246,6 +247,41 @@ def test_out_of_memory_writes_recovery_with_advice_and_resumes_exactly(data_file
     assert expected[0] == resumed[0]
     for name, tensor in expected[1]["model.safetensors"].items():
         assert torch.equal(tensor, resumed[1]["model.safetensors"][name]), name
+
+
+def test_out_of_memory_halves_the_microbatch_and_ends_as_the_uninterrupted_run(data_files, tmp_path, monkeypatch):
+    # Dropout 0: splitting a batch changes how many dropout draws a step makes, not its update.
+    no_dropout = {"model.dropout": 0.0}
+    straight = tmp_path / "straight"
+    enstack.Trainer(config(data_files, straight, **no_dropout)).fit(resume=False, progress=False, tensorboard=False,
+                                                                      plots=False)
+    out = tmp_path / "run"
+    monkeypatch.setenv("ENSTACK_INJECT_OOM_AT_STEP", "7")
+    records = []
+    result = enstack.Trainer(config(data_files, out, **no_dropout)).fit(
+        resume=False, progress=False, tensorboard=False, plots=False, callback=records.append)
+    monkeypatch.delenv("ENSTACK_INJECT_OOM_AT_STEP")
+    assert result.global_step == 18 and not (out / "checkpoints" / "recovery").exists()
+    shrunk = [r for r in records if r["event"] == "microbatch"]
+    assert [(r["step"], r["microbatch_splits"], r["microbatch_size"]) for r in shrunk] == [(7, 2, 4)]  # batch 8
+    expected, got = final_tensors(straight), final_tensors(out)
+    assert expected[0] == got[0]
+    for kind in ("model.safetensors", "optimizer.safetensors"):
+        for name, tensor in expected[1][kind].items():
+            torch.testing.assert_close(got[1][kind][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{kind}:{name}")
+    # The smaller micro-batch is part of the checkpoint: a resume after the shrink keeps it.
+    before_last, last = sorted((out / "checkpoints").glob("step-*"))[-2:]
+    state = json.loads((before_last / "trainer_state.json").read_text())
+    assert state["state"]["global_step"] > 7 and state["state"]["microbatch_splits"] == 2
+    shutil.rmtree(last)
+    begin = []
+    enstack.Trainer(config(data_files, out, **no_dropout)).fit(
+        resume=True, progress=False, tensorboard=False, plots=False,
+        callback=lambda r: begin.append(r) if r["event"] == "begin" else None)
+    assert begin[0]["microbatch_splits"] == 2
+    again = final_tensors(out)
+    for name, tensor in got[1]["model.safetensors"].items():
+        assert torch.equal(tensor, again[1]["model.safetensors"][name]), name
 
 
 def test_starting_over_sets_the_previous_checkpoints_aside(data_files, tmp_path):

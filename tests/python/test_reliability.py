@@ -58,31 +58,48 @@ LIMITED = textwrap.dedent("""
     import enstack
     cfg = enstack.load_config("configs/demo.yaml", overrides=json.loads(sys.argv[1]))
     trainer = enstack.Trainer(cfg)
-    trainer.prepare() if hasattr(trainer, "prepare") else trainer._setup(progress=False)
+    trainer._setup(progress=False)  # data, tokenizer and model are ready: what follows is training
     # The address space this process has now, plus less than one training step needs.
     size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (size + 768 * 2**20, resource.RLIM_INFINITY))
     try:
-        trainer.fit(resume=False, progress=False, tensorboard=False, plots=False)
+        result = trainer.fit(resume=False, progress=False, tensorboard=False, plots=False)
+        print("TRAINED", result.global_step)
     except enstack.Error as e:
         print("ERROR", e)
 """)
 
 
-def test_a_real_cpu_out_of_memory_writes_recovery_and_raises_the_advice(data_files, tmp_path):
+def _run_under_a_memory_limit(data_files, tmp_path, auto_microbatch: bool):
+    # A wide feed-forward layer (8,192) and batches of 128 x 128 tokens: one step needs far
+    # more than the limit leaves, a quarter of a batch does not.
     wide = dict(json.loads((data_files / "tiny.json").read_text()), intermediate_size=8192)
     (tmp_path / "wide.json").write_text(json.dumps(wide))
     out = tmp_path / "run"
     sets = overrides(data_files, out, **{"model.name_or_path": str(tmp_path / "wide.json"), "train.batch_size": 128,
-                                         "train.grad_accum": 1, "model.max_length": 128})
+                                         "train.grad_accum": 1, "model.max_length": 128,
+                                         "train.auto_microbatch": auto_microbatch})
     script = tmp_path / "limited.py"
     script.write_text(LIMITED)
     env = dict(os.environ, MALLOC_ARENA_MAX="2", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(script), json.dumps(sets)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_a_real_cpu_out_of_memory_writes_recovery_and_raises_the_advice(data_files, tmp_path):
+    out, done = _run_under_a_memory_limit(data_files, tmp_path, auto_microbatch=False)
     assert "ERROR out of memory at optimizer step 1" in done.stdout, done.stdout + done.stderr[-3000:]
     assert "train.batch_size" in done.stdout and "can't allocate memory" in done.stdout
     assert ckpt.verify_checkpoint(str(out / "checkpoints" / "recovery"))["step"] == 0
+
+
+def test_a_real_cpu_out_of_memory_shrinks_the_microbatch_and_training_completes(data_files, tmp_path):
+    out, done = _run_under_a_memory_limit(data_files, tmp_path, auto_microbatch=True)
+    assert "TRAINED 4" in done.stdout, done.stdout + done.stderr[-3000:]  # 2 epochs of 2 batches
+    assert "now runs as 2 micro-batches" in done.stderr, done.stderr[-3000:]
+    last = sorted((out / "checkpoints").glob("step-*"))[-1]
+    assert json.loads((last / "trainer_state.json").read_text())["state"]["microbatch_splits"] >= 2
 
 
 # -- one process per run directory, one runtime per mirror -----------------------------------------

@@ -140,34 +140,73 @@ void Trainer::Impl::begin(bool resume) {
   }
 }
 
-double Trainer::Impl::run_window(data::Loader& loader, const data::StepWindow& window) {
-  model.train();
-  torch::Tensor window_loss = torch::zeros({}, torch::kDouble);
+std::vector<data::Batch> Trainer::Impl::take_window(data::Loader& loader, const data::StepWindow& window) {
+  std::vector<data::Batch> batches;
   for (int64_t b = window.first_batch; b < window.end_batch; ++b) {
     auto batch = loader.next();
     ENSTACK_ASSERT(batch && batch->index == b, "loader out of step with the plan");
-    auto ids = batch->input_ids.to(device), mask = batch->attention_mask.to(device);
-    auto labels = batch->labels.to(device);
-    ENSTACK_CHECK(labels.dim() == 1, ConfigError, "multi-label training is not supported yet; use "
+    ENSTACK_CHECK(batch->labels.dim() == 1, ConfigError, "multi-label training is not supported yet; use "
                   "data.label_policy enstack5, binary or class.");
-    torch::Tensor logits;
-    {
-      AutocastGuard autocast(o.precision, device.type());
-      logits = model.forward(ids, mask);
+    batches.push_back(std::move(*batch));
+  }
+  return batches;
+}
+
+double Trainer::Impl::run_window(const std::vector<data::Batch>& batches, const data::StepWindow& window) {
+  model.train();
+  torch::Tensor window_loss = torch::zeros({}, torch::kDouble);
+  for (const auto& batch : batches) {
+    auto all_ids = batch.input_ids.to(device), all_mask = batch.attention_mask.to(device);
+    auto all_labels = batch.labels.to(device);
+    const int64_t rows = all_ids.size(0);
+    const int64_t per = (rows + s.microbatch_splits - 1) / s.microbatch_splits;
+    for (int64_t first = 0; first < rows; first += per) {
+      const int64_t n = std::min(per, rows - first);
+      auto ids = all_ids.narrow(0, first, n), mask = all_mask.narrow(0, first, n);
+      if (s.microbatch_splits > 1) {  // a micro-batch is padded to its own longest example (right padding)
+        const int64_t longest = mask.sum(1).max().item<int64_t>();
+        ids = ids.narrow(1, 0, longest);
+        mask = mask.narrow(1, 0, longest);
+      }
+      torch::Tensor logits;
+      {
+        AutocastGuard autocast(o.precision, device.type());
+        logits = model.forward(ids, mask);
+      }
+      // Sum of per-sample losses over the whole window's sample count: exact accumulation.
+      auto loss = at::cross_entropy_loss(logits.to(torch::kFloat), all_labels.narrow(0, first, n), {},
+                                         at::Reduction::Sum) / static_cast<double>(window.num_samples);
+      scaler.scale(loss).backward();
+      window_loss += loss.detach().to(torch::kCPU, torch::kDouble);
     }
-    // Sum of per-sample losses over the whole window's sample count: exact accumulation.
-    auto loss = at::cross_entropy_loss(logits.to(torch::kFloat), labels, {}, at::Reduction::Sum) /
-                static_cast<double>(window.num_samples);
-    scaler.scale(loss).backward();
-    window_loss += loss.detach().to(torch::kCPU, torch::kDouble);
-    log_samples += batch->input_ids.size(0);
-    log_tokens += batch->real_tokens;
   }
   const double value = window_loss.item<double>();
   ENSTACK_CHECK(std::isfinite(value) || scaler.enabled(), Error, "the training loss is ", value, " at step ",
                 s.global_step, ". Lower train.learning_rate, check the data, or use precision fp32; the last "
                 "checkpoint is intact.");
+  for (const auto& batch : batches) {
+    log_samples += batch.input_ids.size(0);
+    log_tokens += batch.real_tokens;
+  }
   return value;
+}
+
+void Trainer::Impl::shrink_microbatch(const c10::Error& e, const std::vector<data::Batch>& batches,
+                                      const data::StepWindow& window) {
+  int64_t largest = 0;
+  for (const auto& batch : batches) largest = std::max<int64_t>(largest, batch.input_ids.size(0));
+  const int64_t rows = (largest + s.microbatch_splits - 1) / s.microbatch_splits;
+  if (!o.auto_microbatch || rows <= 1) out_of_memory(e, window);
+  optimizer.zero_grad();  // the failed attempt's partial gradients
+  if (device.is_cuda()) at::accelerator::emptyCache();
+  s.microbatch_splits *= 2;
+  const int64_t now = (largest + s.microbatch_splits - 1) / s.microbatch_splits;
+  ENSTACK_LOG_WARN("out of memory at optimizer step ", s.global_step + 1, ": each batch of ", o.batch_size,
+                   " now runs as ", s.microbatch_splits, " micro-batches of up to ", now, " examples for the rest "
+                   "of the run (the update is the same; train.auto_microbatch: false stops instead). Device "
+                   "message: ", e.what_without_backtrace());
+  emit({{"event", "microbatch"}, {"step", s.global_step + 1}, {"microbatch_splits", s.microbatch_splits},
+        {"microbatch_size", now}});
 }
 
 void Trainer::Impl::after_step(double lr, double norm) {
@@ -248,18 +287,23 @@ void Trainer::Impl::run_epoch() {
   for (const auto& window : windows) {
     if (window.end_batch <= s.batch_cursor) continue;  // done before the resume point
     ENSTACK_ASSERT(window.first_batch == s.batch_cursor, "resume cursor is not at a step boundary");
+    const auto batches = take_window(loader, window);
     double loss = 0;
-    try {
-      if (s.global_step + 1 == inject_oom_at_step) {
-        C10_THROW_ERROR(OutOfMemoryError, "injected for testing (ENSTACK_INJECT_OOM_AT_STEP)");
+    for (bool done = false; !done;) {
+      try {
+        if (s.global_step + 1 == inject_oom_at_step) {
+          inject_oom_at_step = -1;  // once: a retry with smaller micro-batches goes through
+          C10_THROW_ERROR(OutOfMemoryError, "injected for testing (ENSTACK_INJECT_OOM_AT_STEP)");
+        }
+        loss = run_window(batches, window);
+        done = true;
+      } catch (const c10::OutOfMemoryError& e) {
+        shrink_microbatch(e, batches, window);
+      } catch (const c10::Error& e) {
+        // The CPU allocator reports exhaustion as a plain c10::Error.
+        if (std::string(e.what()).find("can't allocate memory") == std::string::npos) throw;
+        shrink_microbatch(e, batches, window);
       }
-      loss = run_window(loader, window);
-    } catch (const c10::OutOfMemoryError& e) {
-      out_of_memory(e, window);
-    } catch (const c10::Error& e) {
-      // The CPU allocator reports exhaustion as a plain c10::Error.
-      if (std::string(e.what()).find("can't allocate memory") == std::string::npos) throw;
-      out_of_memory(e, window);
     }
     auto grads = defined_grads(params);
     if (scaler.enabled()) scaler.unscale(grads);
@@ -350,7 +394,8 @@ FitResult Trainer::fit(bool resume, const Callback& callback, bool take_over_mir
     return impl.result;
   }
   impl.emit({{"event", "begin"}, {"step", impl.s.global_step}, {"total_steps", impl.total_steps},
-             {"resumed", impl.result.resumed}, {"epoch", impl.s.epoch}, {"batch_cursor", impl.s.batch_cursor}});
+             {"resumed", impl.result.resumed}, {"epoch", impl.s.epoch}, {"batch_cursor", impl.s.batch_cursor},
+             {"microbatch_splits", impl.s.microbatch_splits}});
   while (impl.s.epoch < options_.epochs && !impl.s.early_stopped) impl.run_epoch();
   return impl.finish();
 }

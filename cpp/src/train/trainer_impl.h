@@ -139,7 +139,13 @@ struct Trainer::Impl {
 
   void begin(bool resume);
   void run_epoch();
-  double run_window(data::Loader& loader, const data::StepWindow& window);
+  // The window's batches, taken from the loader once so an out-of-memory retry replays them.
+  std::vector<data::Batch> take_window(data::Loader& loader, const data::StepWindow& window);
+  double run_window(const std::vector<data::Batch>& batches, const data::StepWindow& window);
+  // Halves the micro-batch after an out-of-memory error (or rethrows with advice when
+  // train.auto_microbatch is off or a micro-batch is one example already).
+  void shrink_microbatch(const c10::Error& e, const std::vector<data::Batch>& batches,
+                         const data::StepWindow& window);
   void after_step(double lr, double norm);
   void evaluate_and_track();
   void save(const std::string& name);

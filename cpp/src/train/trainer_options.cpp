@@ -64,6 +64,7 @@ TrainerOptions TrainerOptions::from_json(const nlohmann::json& j) {
     get("eval_steps", o.eval_steps);
     get("save_steps", o.save_steps);
     get("save_minutes", o.save_minutes);
+    get("auto_microbatch", o.auto_microbatch);
     get("save_total_limit", o.save_total_limit);
     get("logging_steps", o.logging_steps);
     get("metric_for_best", o.metric_for_best);

@@ -39,7 +39,8 @@ nlohmann::json TrainerState::to_json() const {
           {"patience_counter", patience_counter}, {"num_threads", num_threads},
           {"train_fingerprint", train_fingerprint}, {"eval_fingerprint", eval_fingerprint},
           {"config_fingerprint", config_fingerprint}, {"last_eval", last_eval}, {"best_eval", best_eval},
-          {"swa_count", swa_count}, {"swa_eval", swa_eval}, {"imported_from", imported_from}};
+          {"swa_count", swa_count}, {"swa_eval", swa_eval}, {"imported_from", imported_from},
+          {"microbatch_splits", microbatch_splits}};
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j) {
@@ -64,6 +65,8 @@ TrainerState TrainerState::from_json(const nlohmann::json& j) {
     s.swa_count = j.value("swa_count", int64_t{0});
     s.swa_eval = j.value("swa_eval", nlohmann::json(nullptr));
     s.imported_from = j.value("imported_from", nlohmann::json(nullptr));
+    s.microbatch_splits = j.value("microbatch_splits", int64_t{1});
+    if (s.microbatch_splits < 1) throw CheckpointError("trainer_state.json: microbatch_splits must be >= 1.");
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(util::str_cat("trainer_state.json is incomplete (", e.what(), ")."));
   }

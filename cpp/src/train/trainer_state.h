@@ -42,6 +42,9 @@ struct TrainerState {
   int64_t swa_count = 0;
   nlohmann::json swa_eval = nullptr;
   nlohmann::json imported_from = nullptr;  // set by `enstack ckpt import`; carried along unchanged
+  // Each planned batch runs as this many micro-batches (doubled on each out-of-memory
+  // with train.auto_microbatch); the plan, the windows and the update are unchanged.
+  int64_t microbatch_splits = 1;
 
   nlohmann::json to_json() const;
   static TrainerState from_json(const nlohmann::json& j);

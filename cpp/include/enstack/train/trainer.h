@@ -47,6 +47,9 @@ struct TrainerOptions {
   double save_minutes = 0;  // > 0: also save at the first step boundary this much wall time after the last save
   int64_t save_total_limit = 2;
   int64_t logging_steps = 50;
+  // On out of memory, run each batch as twice as many micro-batches for the rest of the
+  // run (same global batch, same update up to summation order) instead of stopping.
+  bool auto_microbatch = true;
   std::string metric_for_best = "f1_weighted";
   bool greater_is_better = true;
   int64_t patience = 0;  // 0: no early stopping
