@@ -84,7 +84,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 TARGET_RATIO = 1.5
 VALIDATION = 16
-SHAPE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)
+SHAPES = {"tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
+          # RoBERTa-base, CodeBERT's shape: the one that matters on a GPU (scripts/gpu-check.sh)
+          "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
+SHAPE = dict(SHAPES["tiny"])  # set from --shape in the parent and from the spec in the workers
 
 
 # -- data and configuration (parent process) -----------------------------------------------------
@@ -125,25 +128,34 @@ def overrides(args, work: Path, data_overrides: Dict[str, Any]) -> Dict[str, Any
          "model.tokenizer.vocab_size": args.vocab, "train.epochs": 1, "train.batch_size": args.batch_size,
          "train.grad_accum": 1, "train.learning_rate": args.lr, "train.weight_decay": 0.01,
          "train.warmup_ratio": 0.1, "train.max_grad_norm": 1.0, "train.precision": args.precision,
+         "run.device": args.device,
          "train.eval_strategy": "epoch", "train.save_steps": 1_000_000_000, "train.logging_steps": 1}
     o.update(data_overrides)
     return o
 
 
-def gemm_peak(threads: int, n: int = 1024, reps: int = 20, trials: int = 5) -> float:
-    """Best fp32 GEMM rate (FLOP/s) of torch.mm on n x n matrices on `threads` threads."""
+def gemm_peak(threads: int, device: str = "cpu", precision: str = "fp32", reps: int = 20, trials: int = 5) -> float:
+    """Best GEMM rate (FLOP/s) of torch.mm on n x n matrices (1024 on the CPU on `threads`
+    threads, 8192 on a GPU) in the precision the trainers compute in."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+    n = 1024 if device == "cpu" else 8192
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device == "cpu":
+        dtype = torch.float32  # CPU autocast runs the model's GEMMs in fp32 or bf16; fp32 is the reference
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):
         torch.mm(a, b, out=out)
     best = float("inf")
     for _ in range(trials):
+        sync()
         start = time.perf_counter()
         for _ in range(reps):
             torch.mm(a, b, out=out)
+        sync()
         best = min(best, (time.perf_counter() - start) / reps)
     return 2.0 * n ** 3 / best
 
@@ -238,7 +250,8 @@ def worker_transformers(spec: Dict[str, Any]) -> Dict[str, Any]:
         gradient_accumulation_steps=1, learning_rate=spec["lr"], weight_decay=0.01,
         lr_scheduler_type="linear", max_grad_norm=1.0, num_train_epochs=1, seed=spec["seed"],
         optim="adamw_torch_fused", eval_strategy="no", save_strategy="no", logging_steps=50, report_to=[],
-        dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, bf16=spec["precision"] == "bf16",
+        dataloader_num_workers=0, use_cpu=spec["device"] == "cpu", disable_tqdm=True,
+        bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16",
         **grouping)
 
     marks: Dict[str, Any] = {}
@@ -292,8 +305,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads for both (default 1: robust on a shared machine)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="both trainers: fp32, or bf16 autocast on the CPU (transformers bf16=True)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="both trainers: fp32, or bf16/fp16 autocast (transformers bf16=True / fp16=True)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both trainers run")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                   help="tiny (128 x 2 layers, default) or base (768 x 12 layers, CodeBERT's shape; for a GPU)")
     p.add_argument("--grouping", choices=["both", "grouped", "ungrouped"], default="both",
                    help="length-grouped sampling, random order, or both (default)")
     p.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temp dir)")
@@ -303,6 +319,7 @@ def main() -> None:
 
     if args.worker:
         spec = json.loads(args.spec)
+        SHAPE.update(SHAPES[spec["shape"]])
         fn = worker_enstack if args.worker == "enstack" else worker_transformers
         print("RESULT " + json.dumps(fn(spec)), flush=True)
         return
@@ -314,6 +331,7 @@ def main() -> None:
     import enstack
     from enstack.data.prepare import prepare
 
+    SHAPE.update(SHAPES[args.shape])
     logging.getLogger("enstack").setLevel(logging.WARNING)
     own_tmp = None
     if args.workdir:
@@ -337,9 +355,9 @@ def main() -> None:
         vocab_size = int(store.info["vocab_size"])
         setup_s = time.perf_counter() - t0
 
-        peak_before = gemm_peak(args.threads)
+        peak_before = gemm_peak(args.threads, args.device, args.precision)
         spec = {"threads": args.threads, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
-                "precision": args.precision,
+                "precision": args.precision, "device": args.device, "shape": args.shape,
                 "overrides": o, "store": str(split.store_path), "vocab_size": vocab_size,
                 "num_labels": len(split.label_names), "hf_output_dir": str(work / "hf")}
         groupings = {"both": [True, False], "grouped": [True], "ungrouped": [False]}[args.grouping]
@@ -347,7 +365,7 @@ def main() -> None:
         for grouped in groupings:
             for kind in ("enstack", "transformers"):
                 results[(kind, grouped)] = run_worker(kind, dict(spec, grouped=grouped))
-        peak_after = gemm_peak(args.threads)
+        peak_after = gemm_peak(args.threads, args.device, args.precision)
         peak = max(peak_before, peak_after)
 
         source = f"Juliet sample ({args.juliet})" if args.juliet else "synthetic functions (enstack.data.synthetic)"
@@ -366,7 +384,8 @@ def main() -> None:
               f"evaluates {VALIDATION} validation functions after the last step: in 'call', not in 'loop'")
         flops_per_token = 6 * ours["non_embedding_params"] + 12 * SHAPE["num_hidden_layers"] * \
             SHAPE["hidden_size"] * seq_token_weighted
-        print(f"  peak    fp32 GEMM 1024x1024 torch.mm: {peak / 1e9:.1f} GFLOP/s "
+        print(f"  peak    {args.precision if args.device != 'cpu' else 'fp32'} GEMM torch.mm on {args.device}: "
+              f"{peak / 1e9:.1f} GFLOP/s "
               f"(before {peak_before / 1e9:.1f}, after {peak_after / 1e9:.1f}); model "
               f"{flops_per_token / 1e6:.2f} MFLOP per real token (6N + 12*L*H*seq)")
         print()

@@ -199,6 +199,10 @@ class TrainConfig(_Section):
                                   "scaler; on the CPU only fast where it has FP16 units: prefer bf16 there).")
     loss_scale: float = _f(65536.0, "fp16 only: the loss scaler's initial scale (torch.amp.GradScaler's "
                            "init_scale); it halves on every overflow and doubles after 2000 clean steps.")
+    deterministic: bool = _f(False, "torch's deterministic algorithms (and cuDNN's, and the cuBLAS workspace "
+                             "setting) for the fit: a resumed CUDA run then ends bitwise equal to an "
+                             "uninterrupted one, at the cost of slower kernels. CPU training is deterministic "
+                             "without it.")
     auto_microbatch: bool = _f(True, "On out of memory, run each batch as twice as many micro-batches for the "
                                "rest of the run (same global batch and update, recorded in checkpoints) "
                                "instead of stopping with advice.")
@@ -230,7 +234,7 @@ class TrainConfig(_Section):
 _NOT_FINGERPRINTED = frozenset({
     "run.name", "run.output_dir", "run.mirror_dir", "run.mirror_lease_seconds", "run.num_threads", "run.device", "run.log_level",
     "data.format", "data.train", "data.validation", "data.test", "data.id_column", "data.max_bad_share",
-    "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_minutes", "train.save_total_limit", "train.auto_microbatch",
+    "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_minutes", "train.save_total_limit", "train.auto_microbatch", "train.deterministic",
     "train.logging_steps", "train.save_coalesce", "train.best_model_dtype",
 })
 

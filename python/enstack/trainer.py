@@ -9,8 +9,10 @@ saves. At the end ``fit`` draws the run's plots into ``<output_dir>/metrics``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -191,7 +193,7 @@ class Trainer:
         another runtime still renews (only when you know it is dead). SIGTERM stops
         like Ctrl-C and raises ``enstack.Terminated`` (a ``KeyboardInterrupt``).
         """
-        with _util.RunLock(str(self.cfg.run.output_dir), "training"):
+        with _util.RunLock(str(self.cfg.run.output_dir), "training"), _deterministic(self.cfg.train.deterministic):
             return self._fit(resume, callback, progress, tensorboard, plots, allow_changes, take_over_mirror)
 
     def _fit(self, resume, callback, progress, tensorboard, plots, allow_changes, take_over_mirror) -> FitResult:
@@ -384,6 +386,27 @@ class Trainer:
             raise ConfigError(f"there is no '{split}' split; the data has {sorted(self._splits)}.")
         return self._splits[split].open()
 
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """train.deterministic for the duration of a fit: torch's deterministic algorithms, cuDNN's
+    deterministic kernels without autotuning, and the cuBLAS workspace setting that deterministic
+    cuBLAS needs (it takes effect only if set before the process's first cuBLAS call: start the
+    process with CUBLAS_WORKSPACE_CONFIG=:4096:8 when CUDA was used before the fit)."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
 
 
 def _latest_full_checkpoint(root: Path) -> Optional[Path]:

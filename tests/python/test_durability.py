@@ -284,6 +284,28 @@ def test_out_of_memory_halves_the_microbatch_and_ends_as_the_uninterrupted_run(d
         assert torch.equal(tensor, again[1]["model.safetensors"][name]), name
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; scripts/gpu-check.sh runs it")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])])
+def test_a_checkpoint_holds_the_weights_of_its_step_although_training_went_on(data_files, tmp_path, device):
+    # A save's copy (into pinned host buffers from a GPU, asynchronously) overlaps the next
+    # micro-batches; what lands on disk must be the weights right after the save step.
+    seen = {}
+
+    def on_record(r):
+        if r["event"] == "log" and r["step"] == 5:
+            seen["weights"] = {k: v.detach().cpu().clone() for k, v in trainer.model.named_parameters()}
+
+    trainer = enstack.Trainer(config(data_files, tmp_path / "run", **{"run.device": device, "train.save_steps": 5,
+                                                                      "train.save_total_limit": 10}))
+    trainer.fit(resume=False, progress=False, tensorboard=False, plots=False, callback=on_record)
+    saved = load_file(tmp_path / "run" / "checkpoints" / "step-00000005" / "model.safetensors")
+    assert seen["weights"] and set(seen["weights"]) <= set(saved)
+    for k, v in seen["weights"].items():
+        assert torch.equal(saved[k], v), k
+
+
 def test_starting_over_sets_the_previous_checkpoints_aside(data_files, tmp_path):
     out = tmp_path / "run"
     enstack.Trainer(config(data_files, out)).fit(resume=False, progress=False, tensorboard=False, plots=False)

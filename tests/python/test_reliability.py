@@ -357,3 +357,16 @@ def test_save_minutes_saves_by_wall_time_and_resume_stays_exact(data_files, tmp_
         assert a[0] == b[0]
         for x, y in ((a[1], b[1]), (a[2], b[2])):
             assert all(torch.equal(x[k], y[k]) for k in x), other
+
+
+def test_deterministic_applies_for_the_fit_only_and_changes_no_cpu_result(data_files, tmp_path):
+    plain = enstack.Trainer(config(data_files, tmp_path / "plain", **{"train.epochs": 1})).fit(resume=False, **QUIET)
+    seen = []
+    strict = enstack.Trainer(config(data_files, tmp_path / "strict", **{"train.epochs": 1,
+                                                                        "train.deterministic": True}))
+    strict.fit(resume=False, callback=lambda r: seen.append(torch.are_deterministic_algorithms_enabled()), **QUIET)
+    assert seen and all(seen) and os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the fit
+    a, b = _last_state(tmp_path / "plain"), _last_state(tmp_path / "strict")
+    assert a[0] == b[0] == Path(plain.last_checkpoint).name
+    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])  # CPU kernels are deterministic already

@@ -52,17 +52,24 @@ def config(data_files, out, **more):
 # torch.amp.GradScaler (unscale before clipping, skip on inf/NaN, and, as enstack does, a
 # skipped step advances neither the schedule nor the step count).
 # The fp16 run starts at a loss scale of 2**24 so that its first steps overflow and are skipped.
+# On a GPU (marked cuda, skipped without one) the same comparison runs with torch.autocast("cuda")
+# and torch.amp.GradScaler("cuda"): enstack's fp16 step against torch.amp on CUDA.
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; scripts/gpu-check.sh runs it")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])])
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision):
+def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision, device):
     import contextlib
 
     from enstack._C.data import EpochPlan, Loader
 
     init_scale = 2.0 ** 24
     cfg = config(data_files, tmp_path / "run", **{"model.dropout": 0.0, "train.warmup_ratio": 0.25,
-                                                   "train.precision": precision, "train.loss_scale": init_scale})
+                                                   "train.precision": precision, "train.loss_scale": init_scale,
+                                                   "run.device": device})
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else contextlib.nullcontext
     trainer = enstack.Trainer(cfg)
     trainer._setup(progress=False)
     store = trainer._splits["train"].open()
@@ -71,16 +78,16 @@ def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision)
     torch.manual_seed(cfg.run.seed)
     tiny = dict(TINY, vocab_size=store.info["vocab_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                 id2label={str(i): n for i, n in enumerate(names)})
-    reference = enstack.model.from_config(tiny)
+    reference = enstack.model.from_config(tiny).to(device)
     params = dict(reference.named_parameters())
     for name, p in trainer.model.named_parameters():
-        assert torch.equal(p, params[name]), name
+        assert torch.equal(p.to(device), params[name]), name
     decay = [p for n, p in params.items() if not ("bias" in n or "LayerNorm" in n)]
     no_decay = [p for n, p in params.items() if "bias" in n or "LayerNorm" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.learning_rate, eps=1e-8,
                             fused=True)
-    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device, init_scale=init_scale, enabled=precision == "fp16")
     plan = EpochPlan(len(store), 8, cfg.run.seed, 0)
     total_steps = len(plan.windows(2)) * cfg.train.epochs
     sched = get_linear_schedule_with_warmup(opt, -(-total_steps // 4), total_steps)
@@ -97,8 +104,9 @@ def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision)
     for window, window_batches in windows():
         for b in window_batches:
             with autocast():
-                logits = reference(b["input_ids"], b["attention_mask"])
-            loss = torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum") / window["num_samples"]
+                logits = reference(b["input_ids"].to(device), b["attention_mask"].to(device))
+            loss = torch.nn.functional.cross_entropy(logits.float(), b["labels"].to(device),
+                                                     reduction="sum") / window["num_samples"]
             scaler.scale(loss).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
