@@ -124,8 +124,8 @@ class Trainer:
     def _options(self, device: str, pad_id: int, label_names: List[str],
                  allow_changes: bool = False) -> Dict[str, Any]:
         t, r = self.cfg.train, self.cfg.run
-        metric = t.metric_for_best or "loss"
-        greater = t.greater_is_better if t.greater_is_better is not None else metric != "loss"
+        metric = t.metric_for_best or ""  # "": no best-model tracking (metric_for_best: null)
+        greater = t.greater_is_better if t.greater_is_better is not None else metric not in ("loss", "")
         return {
             "output_dir": str(r.output_dir), "seed": r.seed, "num_threads": r.num_threads, "device": device,
             "epochs": t.epochs, "batch_size": t.batch_size, "grad_accum": t.grad_accum,

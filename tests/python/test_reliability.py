@@ -370,3 +370,13 @@ def test_deterministic_applies_for_the_fit_only_and_changes_no_cpu_result(data_f
     a, b = _last_state(tmp_path / "plain"), _last_state(tmp_path / "strict")
     assert a[0] == b[0] == Path(plain.last_checkpoint).name
     assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])  # CPU kernels are deterministic already
+
+
+def test_metric_for_best_null_means_no_best_model_tracking(data_files, tmp_path):
+    evals = []
+    cfg = config(data_files, tmp_path / "run", **{"train.epochs": 1, "train.metric_for_best": None})
+    result = enstack.Trainer(cfg).fit(resume=False, callback=lambda r: evals.append(r) if r["event"] == "eval" else None,
+                                      **QUIET)
+    assert evals and not any(r["best"] for r in evals)  # evaluated, never tracked
+    assert not (tmp_path / "run" / "checkpoints" / "best").exists()
+    assert result.best_dir == "" and result.best_eval is None and result.last_eval is not None

@@ -36,7 +36,6 @@ void Trainer::Impl::restore_from_mirror() {
 void Trainer::Impl::evaluate_and_track() {
   if (!t.eval_) return;
   const auto metrics = t.evaluate(*t.eval_);
-  const double value = metrics.get(o.metric_for_best);
   auto record = metrics.to_json(o.label_names);
   record["step"] = s.global_step;
   record["epoch"] = s.epoch;
@@ -44,6 +43,12 @@ void Trainer::Impl::evaluate_and_track() {
   util::write_file_atomic(fs::path(o.output_dir) / "metrics" / util::str_cat("eval-step-", s.global_step, ".json"),
                           record.dump(2));
   s.last_eval = record;
+  if (o.metric_for_best.empty()) {  // train.metric_for_best: null: no best/ and no early stopping
+    ENSTACK_LOG_INFO("eval at step ", s.global_step, ": loss ", metrics.loss, ", accuracy ", metrics.accuracy);
+    emit({{"event", "eval"}, {"step", s.global_step}, {"metrics", record}, {"best", false}});
+    return;
+  }
+  const double value = metrics.get(o.metric_for_best);
   const bool first = std::isnan(s.best_metric);
   const bool improved = first || (o.greater_is_better ? value > s.best_metric + o.threshold
                                                       : value < s.best_metric - o.threshold);
@@ -165,11 +170,13 @@ void Trainer::Impl::finalize_swa() {
       fs::create_directories(fs::path(o.output_dir) / "metrics");
       util::write_file_atomic(fs::path(o.output_dir) / "metrics" / "eval-swa.json", record.dump(2));
       s.swa_eval = record;
-      extra["metric"] = o.metric_for_best;
-      extra["value"] = metrics.get(o.metric_for_best);
-      ENSTACK_LOG_INFO("SWA model (", swa->count(), " snapshots): ", o.metric_for_best, " ",
-                       metrics.get(o.metric_for_best), ", accuracy ", metrics.accuracy,
-                       s.best_eval.is_null() ? "" : util::str_cat(" (best checkpoint: ", s.best_metric, ")"));
+      if (!o.metric_for_best.empty()) {
+        extra["metric"] = o.metric_for_best;
+        extra["value"] = metrics.get(o.metric_for_best);
+      }
+      ENSTACK_LOG_INFO("SWA model (", swa->count(), " snapshots): loss ", metrics.loss, ", accuracy ",
+                       metrics.accuracy, s.best_eval.is_null() ? "" : util::str_cat(" (best checkpoint: ",
+                       o.metric_for_best, " ", s.best_metric, ")"));
       emit({{"event", "swa_eval"}, {"step", s.global_step}, {"metrics", record}});
     }
     saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16", extra, &saver.pool()),

@@ -50,7 +50,7 @@ struct TrainerOptions {
   // On out of memory, run each batch as twice as many micro-batches for the rest of the
   // run (same global batch, same update up to summation order) instead of stopping.
   bool auto_microbatch = true;
-  std::string metric_for_best = "f1_weighted";
+  std::string metric_for_best = "f1_weighted";  // "": no best/ tracking and no early stopping
   bool greater_is_better = true;
   int64_t patience = 0;  // 0: no early stopping
   double threshold = 0.0;
