@@ -97,7 +97,7 @@ class RunConfig(_Section):
     mirror_dir: Optional[str] = _f(None, "A second home for checkpoints (e.g. a Google Drive folder), "
                                    "copied and verified in the background; resume takes the newest "
                                    "valid checkpoint of the two. null: none.")
-    mirror_lease_seconds: float = _f(120.0, "The mirror is leased to one training process, renewed every quarter of "
+    mirror_lease_seconds: float = _f(60.0, "The mirror is leased to one training process, renewed every quarter of "
                                      "this; a lease without a heartbeat for this long is stale and a new "
                                      "runtime takes it over (sooner: `--take-over-mirror`).")
     seed: int = _f(42, "Seed of weights init, shuffling and dropout; batch order is a function of it.")

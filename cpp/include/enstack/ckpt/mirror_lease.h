@@ -19,7 +19,6 @@
 namespace enstack::ckpt {
 
 inline constexpr const char* kLeaseName = ".lease.json";
-inline constexpr double kDefaultLeaseSeconds = 120.0;
 
 class MirrorLease {
  public:

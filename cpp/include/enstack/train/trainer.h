@@ -62,7 +62,7 @@ struct TrainerOptions {
   bool allow_changes = false;      // accept a changed dataset/config on resume, knowingly
   // Saving (see enstack/ckpt/async_saver.h)
   std::string mirror_dir;          // a second root (e.g. Drive) receiving verified copies; "" for none
-  double mirror_lease_seconds = 120.0;  // a mirror lease without a heartbeat for this long is stale
+  double mirror_lease_seconds = 60.0;   // a mirror lease without a heartbeat for this long is stale
   bool async_save = true;          // write checkpoints on a background thread
   bool save_coalesce = true;       // a save point during a running save replaces a queued one, else waits
   std::string best_model_dtype = "fp32";  // fp32 | fp16: dtype of best/ and swa/ weights
