@@ -130,9 +130,14 @@ def test_tensorboard_keeps_a_save_error_before_the_resume_point(tmp_path):
 RUNNER = textwrap.dedent("""
     import json, os, signal, sys
     import enstack
+    saved = []
     def on_record(r):
-        if r["event"] == "log" and r["step"] == 8:
-            os.kill(os.getpid(), signal.SIGKILL)  # after the checkpoint of step 5: steps 6-8 are orphans
+        if r["event"] == "save":  # reported once the checkpoint is on disk
+            saved.append(r["step"])
+        # After the checkpoint of step 5 is on disk (under load its background write can still
+        # be running at step 8): the steps logged since are orphans.
+        if r["event"] == "log" and r["step"] >= 8 and saved:
+            os.kill(os.getpid(), signal.SIGKILL)
     cfg = enstack.load_config("configs/demo.yaml", overrides=json.loads(sys.argv[1]))
     enstack.Trainer(cfg).fit(resume=True, callback=on_record, progress=False)
 """)
