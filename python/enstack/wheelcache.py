@@ -95,7 +95,12 @@ def _build(source: Path, out_dir: Path) -> Path:
 
 def _install(wheel: Path) -> None:
     _pip("install", "-q", "--force-reinstall", "--no-deps", str(wheel))
-    _pip("install", "-q", str(wheel))  # its dependencies, when some are missing (torch is never replaced)
+    # Its other dependencies, when some are missing. The installed torch is pinned: the wheel was
+    # built against it, and pip must not "upgrade" it to satisfy the torch>= requirement.
+    with tempfile.TemporaryDirectory(prefix="enstack-pin-") as tmp:
+        pin = Path(tmp) / "constraints.txt"
+        pin.write_text(f"torch=={_running_torch()}\n")
+        _pip("install", "-q", "-c", str(pin), str(wheel))
 
 
 def install(source: PathLike, cache_dir: PathLike, *, torch_version: Optional[str] = None,
