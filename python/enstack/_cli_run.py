@@ -74,27 +74,9 @@ def _trainer(args: argparse.Namespace):
     import enstack
 
     cfg = enstack.load_config(args.config, overrides=args.set)
-    trainer = enstack.Trainer(cfg, checkpoint=args.checkpoint)
+    trainer = enstack.Trainer(cfg, checkpoint=args.checkpoint, allow_changes=args.allow_changes)
     trainer.checkpoint_dir(args.checkpoint)  # a missing checkpoint fails before the data is read
-    if not args.allow_changes:
-        _refuse_changed_data(cfg)
     return cfg, trainer
-
-
-def _refuse_changed_data(cfg) -> None:
-    """A run's checkpoints are scored on the data they were prepared with, or not at all: other
-    data would rebuild the run's token stores (and could reorder its classes) under them."""
-    from enstack import DataError
-    from enstack.data import prepare
-
-    changed = prepare.changed_splits(cfg)
-    if changed:
-        run = Path(cfg.run.output_dir)
-        raise DataError(
-            f"the config's data differs from the data the run in {run} was prepared with: "
-            + "; ".join(f"{name}: {what}" for name, what in changed.items())
-            + f". Give the run's own config (a copy is {run / 'config.yaml'}), or pass --allow-changes to use "
-            "the new data (tokenized with the run's tokenizer; the run's token stores are rebuilt for it).")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -73,14 +73,18 @@ class FitResult:
 class Trainer:
     """Fine-tunes one encoder classifier as described by a ``Config``."""
 
-    def __init__(self, cfg: Config, checkpoint: Optional[str] = None):
+    def __init__(self, cfg: Config, checkpoint: Optional[str] = None, allow_changes: bool = False):
         """``checkpoint`` starts from saved weights instead of ``model.name_or_path`` (for
-        ``evaluate``/``predict``): ``best``, ``last``, ``swa`` or a checkpoint directory."""
+        ``evaluate``/``predict``): ``best``, ``last``, ``swa`` or a checkpoint directory. A run's
+        checkpoints are scored on the data the run was prepared with: a config whose data differs
+        is refused with a ``DataError`` unless ``allow_changes`` (the new data is then tokenized
+        with the run's tokenizer, and the run's token stores are rebuilt for it)."""
         if not isinstance(cfg, Config):
             raise ConfigError("Trainer needs an enstack.Config; load one with enstack.load_config(path).")
         colab.check_drive_paths(cfg)  # before anything is written to an unmounted Drive path
         self.cfg = cfg
         self.checkpoint = checkpoint
+        self._score_changed_data = allow_changes
         self._native = None
         self._splits = None
         self._source: Optional[Path] = None
@@ -153,6 +157,8 @@ class Trainer:
         if self._native is not None and allow_changes in (None, self._allow_changes):
             return
         allow_changes = bool(allow_changes)
+        if self.checkpoint is not None and not self._score_changed_data:
+            self._refuse_changed_data()
         self._splits = _prepare.prepare(self.cfg, progress=progress)
         train = self._splits["train"]
         store = train.open()
@@ -165,6 +171,19 @@ class Trainer:
                                       self._options(device, pad_id, train.label_names, allow_changes))
         self._allow_changes = allow_changes
         self.model = model
+
+    def _refuse_changed_data(self) -> None:
+        """Scoring a checkpoint on other data would rebuild the run's token stores (and could
+        reorder its classes) under it."""
+        changed = _prepare.changed_splits(self.cfg)
+        if changed:
+            run = Path(self.cfg.run.output_dir)
+            raise DataError(
+                f"the config's data differs from the data the run in {run} was prepared with: "
+                + "; ".join(f"{name}: {what}" for name, what in changed.items())
+                + f". Give the run's own config (a copy is {run / 'config.yaml'}), or use the new data knowingly: "
+                "Trainer(cfg, checkpoint=..., allow_changes=True) / `--allow-changes` (it is tokenized with the "
+                "run's tokenizer, and the run's token stores are rebuilt for it).")
 
     def _pad_id(self) -> int:
         config_path = Path(self.checkpoint_dir(self.checkpoint)) if self.checkpoint else self._model_source()

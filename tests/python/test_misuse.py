@@ -258,3 +258,18 @@ def test_eval_on_other_data_is_refused_and_never_retrains_the_run_tokenizer(trai
     assert json.loads(out)["count"] > 0
     assert tokenizer.read_bytes() == run_files[tokenizer]  # scored with the run's own tokenizer
     assert "the run keeps it" in err
+
+
+def test_the_python_api_refuses_to_score_a_checkpoint_on_other_data(trained, tmp_path):
+    config, root = trained
+    # Data no step of this module has prepared the run with (eval --allow-changes above rebuilds the
+    # run's token stores for the data it was given).
+    synthetic.write_jsonl(tmp_path / "third.jsonl", 160, seed=5)
+    run_files = {p: p.read_bytes() for p in (root / "run" / "tokenizer" / "spm.model",
+                                             root / "run" / "data" / "train.json")}
+    third = enstack.load_config(str(config), overrides={"data.train": str(tmp_path / "third.jsonl")})
+    with pytest.raises(enstack.DataError, match=r"third\.jsonl.*allow_changes=True"):
+        enstack.Trainer(third, checkpoint="best").evaluate("train")
+    assert all(p.read_bytes() == b for p, b in run_files.items())  # refused before anything was rebuilt
+    scored = enstack.Trainer(third, checkpoint="best", allow_changes=True).evaluate("train")
+    assert scored["count"] > 0
