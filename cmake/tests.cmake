@@ -38,4 +38,5 @@ enstack_add_test_binary(model
 enstack_add_test_binary(train
   tests/cpp/train/adamw_test.cpp
   tests/cpp/train/metrics_schedule_test.cpp
+  tests/cpp/train/trainer_test.cpp
 )
