@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 
 import enstack
 from enstack._C import ckpt
-from test_trainer import RUNNER, config, data_files, overrides, run  # noqa: F401 - data_files is a fixture
+from test_trainer import (ON_CUDA, RUNNER, config, data_files, overrides,  # noqa: F401 - data_files is a fixture
+                          straight_killed_resumed)
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; scripts/gpu-check.sh")]
+pytestmark = ON_CUDA
 
 QUIET = dict(progress=False, tensorboard=False, plots=False)
 # fp16 with dropout on: the CUDA step as Colab runs it (SDPA with dropout, the grad scaler).
@@ -39,12 +39,8 @@ def _resume_pair(data_files, tmp_path, **more):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     sets = dict(ON_GPU, **more)
-    straight = run(script, overrides(data_files, tmp_path / "straight", **sets))
-    assert straight.returncode == 0, straight.stderr
-    killed = run(script, overrides(data_files, tmp_path / "killed", **sets), "log", 7)
-    assert killed.returncode == -9, killed.stderr
-    resumed = run(script, overrides(data_files, tmp_path / "killed", **sets))
-    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    _, resumed = straight_killed_resumed(script, overrides(data_files, tmp_path / "straight", **sets),
+                                         overrides(data_files, tmp_path / "killed", **sets), "log", 7)
     assert "holds no CUDA RNG state" not in resumed.stderr  # the dropout stream came back
     return _final(tmp_path / "straight"), _final(tmp_path / "killed")
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import enstack
 from enstack._C import _testing, ckpt
 from enstack._C.train import SwaAverage
-from test_trainer import config, data_files, overrides  # noqa: F401 - data_files is a fixture
+from test_trainer import ON_CUDA, config, data_files, overrides  # noqa: F401 - data_files is a fixture
 
 KILLS = int(os.environ.get("ENSTACK_KILLS", "50"))
 
@@ -284,10 +284,7 @@ def test_out_of_memory_halves_the_microbatch_and_ends_as_the_uninterrupted_run(d
         assert torch.equal(tensor, again[1]["model.safetensors"][name]), name
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; scripts/gpu-check.sh runs it")
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=ON_CUDA)])
 def test_a_checkpoint_holds_the_weights_of_its_step_although_training_went_on(data_files, tmp_path, device):
     # A save's copy (into pinned host buffers from a GPU, asynchronously) overlaps the next
     # micro-batches; what lands on disk must be the weights right after the save step.

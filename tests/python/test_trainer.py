@@ -54,10 +54,13 @@ def config(data_files, out, **more):
 # The fp16 run starts at a loss scale of 2**24 so that its first steps overflow and are skipped.
 # On a GPU (marked cuda, skipped without one) the same comparison runs with torch.autocast("cuda")
 # and torch.amp.GradScaler("cuda"): enstack's fp16 step against torch.amp on CUDA.
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; scripts/gpu-check.sh runs it")
+# The marks of a test that needs a GPU: the development and CI machines have none, so such tests
+# are collected and skipped there; scripts/gpu-check.sh runs them on a GPU machine.
+ON_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                reason="needs a CUDA device; scripts/gpu-check.sh runs it")]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=ON_CUDA)])
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision, device):
     import contextlib
@@ -164,6 +167,18 @@ def run(script, overrides_, kill_event="none", kill_step=-1, losses="/dev/null")
                           capture_output=True, text=True, cwd=os.getcwd())
 
 
+def straight_killed_resumed(script, straight_overrides, killed_overrides, kill_event, kill_step):
+    """Runs `script` uninterrupted, then killed at (kill_event, kill_step) and resumed; returns
+    the uninterrupted and the resumed process."""
+    straight = run(script, straight_overrides)
+    assert straight.returncode == 0, straight.stderr
+    killed = run(script, killed_overrides, kill_event, kill_step)
+    assert killed.returncode == -9, killed.stderr
+    resumed = run(script, killed_overrides)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    return straight, resumed
+
+
 def final_state(out: Path):
     steps = sorted((out / "checkpoints").glob("step-*"))
     last = steps[-1]
@@ -209,12 +224,8 @@ def test_best_model_and_early_stopping_survive_a_resume_between_evaluations(data
     more = {"train.save_steps": 3, "train.eval_steps": 5, "train.metric_for_best": "loss",
             "train.greater_is_better": False, "train.early_stopping.patience": 2,
             "train.early_stopping.threshold": 10.0}
-    straight = run(script, overrides(data_files, tmp_path / "straight", **more))
-    assert straight.returncode == 0, straight.stderr
-    killed = run(script, overrides(data_files, tmp_path / "killed", **more), "save", 6)
-    assert killed.returncode == -9, killed.stderr
-    resumed = run(script, overrides(data_files, tmp_path / "killed", **more))
-    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    straight, resumed = straight_killed_resumed(script, overrides(data_files, tmp_path / "straight", **more),
+                                                overrides(data_files, tmp_path / "killed", **more), "save", 6)
     a, b = json.loads(straight.stdout), json.loads(resumed.stdout)
     assert a["early_stopped"] and b["early_stopped"] and a["global_step"] == b["global_step"] == 15
     for key in ("best_metric", "best_saved_step", "best_eval", "last_eval"):
