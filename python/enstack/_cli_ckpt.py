@@ -1,7 +1,7 @@
 """The ``enstack ckpt`` subcommands: list, inspect, verify, export and import of checkpoints.
 
-``cli._build_parser`` calls ``register(subparsers)``; the work is in ``ckpt_tools``
-and ``ckpt_import``.
+``cli._build_parser`` calls ``register(subparsers)``; the work is in ``enstack.ckpt.tools``
+and ``enstack.ckpt.importer``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _mirror_of(args: argparse.Namespace):
 
 
 def _list(args: argparse.Namespace) -> int:
-    from enstack import ckpt_tools
+    from enstack.ckpt import tools as ckpt_tools
 
     rows = ckpt_tools.list_run(args.run_dir, _mirror_of(args))
     print(json.dumps(rows, indent=2) if args.json else ckpt_tools.format_list(rows))
@@ -38,7 +38,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from enstack import ckpt_tools
+    from enstack.ckpt import tools as ckpt_tools
 
     report = ckpt_tools.inspect(args.path)
     print(json.dumps(report, indent=2) if args.json else ckpt_tools.format_inspect(report))
@@ -46,7 +46,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from enstack import ckpt_tools
+    from enstack.ckpt import tools as ckpt_tools
 
     result = ckpt_tools.verify(args.path)
     if result["ok"]:
@@ -61,7 +61,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from enstack import ckpt_tools
+    from enstack.ckpt import tools as ckpt_tools
 
     out = ckpt_tools.export(args.path, args.out_dir, dtype=args.dtype)
     print(f"wrote a Hugging Face model directory to {out} (loads with "
@@ -71,7 +71,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     import enstack
-    from enstack import ckpt_import
+    from enstack.ckpt import importer as ckpt_import
 
     cfg = enstack.load_config(args.config, overrides=args.set)
     out = ckpt_import.import_checkpoint(args.source, cfg)

@@ -18,7 +18,9 @@ import yaml
 from safetensors.torch import load_file
 
 import enstack
-from enstack import ckpt_import, ckpt_tools, cli
+from enstack import cli
+from enstack.ckpt import importer as ckpt_import
+from enstack.ckpt import tools as ckpt_tools
 from enstack._C import ckpt
 from test_trainer import data_files  # noqa: F401 - data_files is a fixture
 from test_trainer import config as trainer_config

@@ -1,4 +1,4 @@
-"""Checkpoint tools behind ``enstack ckpt``: list, inspect and export (verify is in ``ckpt_verify``).
+"""Checkpoint tools behind ``enstack ckpt``: list, inspect and export (verify is in ``enstack.ckpt.verify``).
 
 Everything here reads damaged input without crashing: ``inspect`` reports what it
 can and what is wrong, and ``list_run`` shows each checkpoint of a run and its
@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from enstack._C import CheckpointError
 from enstack._C import ckpt as _ckpt
-from enstack.ckpt_verify import (STATE_KEYS, check_files, check_manifest, foreign_hint, read_json, read_manifest,
-                                 read_safetensors, section, verify)
+from enstack.ckpt.verify import (STATE_KEYS, check_files, check_manifest, foreign_hint, read_json, read_manifest,
+                                  read_safetensors, section, verify)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
