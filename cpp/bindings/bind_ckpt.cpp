@@ -13,6 +13,8 @@
 #include "json_bridge.h"
 #include "enstack/ckpt/async_saver.h"
 #include "enstack/ckpt/checkpoint_dir.h"
+#include "enstack/model/safetensors.h"
+#include "enstack/train/checkpoint_format.h"
 #include "enstack/train/trainer.h"
 #include "enstack/ckpt/snapshot.h"
 
@@ -133,6 +135,69 @@ void bind_ckpt(py::module_& m) {
     py::gil_scoped_release release;
     ckpt::prune(root, prefix, keep, protect);
   }, py::arg("root"), py::arg("prefix"), py::arg("keep"), py::arg("protect") = std::vector<std::filesystem::path>{});
+  // The checkpoint format (enstack/train/checkpoint_format.h): the one definition of its names.
+  m.attr("MANIFEST_FILE") = ckpt::kManifestName;
+  m.attr("CONFIG_FILE") = train::kConfigFile;
+  m.attr("MODEL_FILE") = train::kModelFile;
+  m.attr("OPTIMIZER_FILE") = train::kOptimizerFile;
+  m.attr("STATE_FILE") = train::kStateFile;
+  m.attr("SWA_FILE") = train::kSwaFile;
+  m.attr("RNG_CPU_KEY") = train::kRngKey;
+  m.attr("RNG_CUDA_KEY") = train::kCudaRngKey;
+  m.attr("SCALER_PREFIX") = train::kScalerPrefix;
+  m.attr("STEP_PREFIX") = train::kStepPrefix;
+  m.attr("RECOVERY_DIR") = train::kRecoveryDir;
+  m.attr("BEST_DIR") = train::kBestDir;
+  m.attr("SWA_DIR") = train::kSwaDir;
+  m.attr("CHECKPOINTS_DIR") = train::kCheckpointsDir;
+  m.def("step_dir_name", &train::step_dir_name, py::arg("step"), "step-NNNNNNNN, the name of a step checkpoint.");
+  m.def("resume_checkpoint", [](const std::vector<std::filesystem::path>& roots) {
+    std::optional<std::filesystem::path> found;
+    {
+      py::gil_scoped_release release;
+      found = train::find_resume_checkpoint(roots);
+    }
+    return found ? py::object(py::str(found->string())) : py::object(py::none());
+  }, py::arg("roots"),
+  "The checkpoint fit(resume=True) starts from: the newest valid full checkpoint (step-* or recovery, by manifest "
+  "step; on a tie the earlier root) among the roots (the run's checkpoints/ first, then the mirror's). None when "
+  "there is none; CheckpointError listing each one and why when none of them is valid.");
+  m.def("trainer_state", [](const py::object& state) {
+    return python_of(train::TrainerState::from_json(json_of(state)).to_json());
+  }, py::arg("state"),
+  "A trainer_state.json 'state' as resume reads it: every key, typed (CheckpointError naming a missing or "
+  "mistyped key).");
+  m.def("default_trainer_state", [] { return python_of(train::TrainerState{}.to_json()); },
+        "The state of a run that has not started: every key of trainer_state.json's 'state'.");
+  m.def("write_full_checkpoint",
+        [](const std::filesystem::path& root, const py::object& config,
+           const std::map<std::string, torch::Tensor>& weights, const std::map<std::string, torch::Tensor>& optimizer,
+           const py::object& state, const py::object& options, const py::object& extra) {
+          const auto config_json = json_of(config), options_json = json_of(options);
+          const auto state_typed = train::TrainerState::from_json(json_of(state));
+          const auto extra_json = extra.is_none() ? nlohmann::json::object() : json_of(extra);
+          py::gil_scoped_release release;
+          return train::write_full_checkpoint(root, config_json, weights, optimizer, state_typed, options_json,
+                                              extra_json)
+              .string();
+        },
+        py::arg("checkpoints_root"), py::arg("config"), py::arg("weights"), py::arg("optimizer"), py::arg("state"),
+        py::arg("options"), py::arg("extra") = py::none(),
+        "Writes <checkpoints_root>/step-NNNNNNNN from its parts crash-consistently and verifies it as resume "
+        "would (the weights must fit config.json's model and the AdamW entries its parameters; rng.cpu is "
+        "required). Returns its path.");
+  m.def("read_safetensors", [](const std::filesystem::path& path) {
+    std::map<std::string, torch::Tensor> out;
+    {
+      py::gil_scoped_release release;
+      model::SafetensorsReader reader(path);
+      for (const auto& name : reader.names()) out.emplace(name, reader.tensor(name));
+    }
+    return out;
+  }, py::arg("path"),
+  "Every tensor of a safetensors file (CPU, the file's dtype), read by the strict reader resume uses; ModelError "
+  "naming the file and the failed check when it is malformed.");
+
   m.def("copy_checkpoint", [](const std::filesystem::path& source, const std::filesystem::path& final_dir) {
     ckpt::Manifest manifest;
     {

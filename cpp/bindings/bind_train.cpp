@@ -112,6 +112,15 @@ void bind_train(py::module_& m) {
       },
       py::arg("schedule"), py::arg("step"), py::arg("warmup_steps"), py::arg("total_steps"));
   m.def("warmup_steps_for", &train::warmup_steps_for, py::arg("warmup_ratio"), py::arg("total_steps"));
+  m.def("trainer_options", [](const py::object& options) {
+    auto o = train::TrainerOptions::from_json(json_of(options));
+    o.validate();
+    return python_of(o.to_json());
+  }, py::arg("options"),
+  "The native trainer's options as it reads them (off values as None), after its checks: unknown keys, types "
+  "and values are refused with a ConfigError listing every problem.");
+  m.def("default_trainer_options", [] { return python_of(train::TrainerOptions{}.to_json()); },
+        "The native trainer's option defaults (off values as None).");
 }
 
 }  // namespace enstack::bindings

@@ -50,30 +50,6 @@ class StopSignalGuard {
   bool installed_[2] = {false, false};
 };
 
-class AutocastGuard {
- public:
-  AutocastGuard(const std::string& precision, c10::DeviceType device) : device_(device) {
-    if (precision == "fp32") return;
-    active_ = true;
-    previous_enabled_ = at::autocast::is_autocast_enabled(device);
-    previous_dtype_ = at::autocast::get_autocast_dtype(device);
-    at::autocast::set_autocast_enabled(device, true);
-    at::autocast::set_autocast_dtype(device, precision == "bf16" ? at::kBFloat16 : at::kHalf);
-    at::autocast::increment_nesting();
-  }
-  ~AutocastGuard() {
-    if (!active_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(device_, previous_enabled_);
-    at::autocast::set_autocast_dtype(device_, previous_dtype_);
-  }
-
- private:
-  c10::DeviceType device_;
-  bool active_ = false, previous_enabled_ = false;
-  at::ScalarType previous_dtype_ = at::kFloat;
-};
-
 std::vector<torch::Tensor> defined_grads(const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> grads;
   for (const auto& p : params) {
@@ -239,7 +215,7 @@ void Trainer::Impl::after_step(double lr, double norm) {
   if (o.eval_strategy == "steps" && o.eval_steps > 0 && s.global_step % o.eval_steps == 0) evaluate_and_track();
   const bool step_due = o.save_steps > 0 && s.global_step % o.save_steps == 0;
   const bool time_due = o.save_minutes > 0 && util::monotonic_seconds() - last_save_time >= 60.0 * o.save_minutes;
-  if (step_due || time_due) save(step_name(s.global_step));
+  if (step_due || time_due) save(step_dir_name(s.global_step));
 }
 
 double Trainer::Impl::learning_rate(int64_t step) const {
@@ -257,12 +233,12 @@ double Trainer::Impl::learning_rate(int64_t step) const {
 void Trainer::Impl::check_interrupt() {
   const int sig = g_stop_signal.load();
   if (sig == 0 && !stop_requested) return;
-  save("recovery");
+  save(kRecoveryDir);
   saver.flush();
   report_saves();
   const char* why = sig == SIGTERM ? "stopped by SIGTERM" : "interrupted";
   throw Interrupted(util::str_cat("training ", why, " at step ", s.global_step, "; state saved to ",
-                                  (t.checkpoints_dir() / "recovery").string(), ". fit(resume=True) continues."),
+                                  (t.checkpoints_dir() / kRecoveryDir).string(), ". fit(resume=True) continues."),
                     sig);
 }
 
@@ -341,7 +317,7 @@ void Trainer::Impl::run_epoch() {
     finalize_swa();
     s.finished = true;
   }
-  save(step_name(s.global_step));
+  save(step_dir_name(s.global_step));
   check_interrupt();
 }
 
@@ -349,7 +325,7 @@ FitResult Trainer::Impl::finish() {
   if (!s.finished) {  // stopped early inside an epoch
     finalize_swa();
     s.finished = true;
-    save(step_name(s.global_step));
+    save(step_dir_name(s.global_step));
   }
   saver.flush();  // the final checkpoint is on disk (and mirrored) before fit returns
   report_saves();
@@ -374,7 +350,7 @@ Trainer::Trainer(std::shared_ptr<model::EncoderClassifier> model, std::shared_pt
                 "multi-label training is not supported yet; use data.label_policy enstack5, binary or class.");
 }
 
-fs::path Trainer::checkpoints_dir() const { return fs::path(options_.output_dir) / "checkpoints"; }
+fs::path Trainer::checkpoints_dir() const { return fs::path(options_.output_dir) / kCheckpointsDir; }
 
 FitResult Trainer::fit(bool resume, const Callback& callback, bool take_over_mirror) {
   util::RunLock run_lock(options_.output_dir, "training");

@@ -21,8 +21,8 @@ nlohmann::json Trainer::Impl::options_json() const {
 
 void Trainer::Impl::restore_from_mirror() {
   if (o.mirror_dir.empty()) return;
-  for (const char* name : {"best", "swa"}) {
-    const fs::path local = t.checkpoints_dir() / name, mirrored = fs::path(o.mirror_dir) / "checkpoints" / name;
+  for (const char* name : {kBestDir, kSwaDir}) {
+    const fs::path local = t.checkpoints_dir() / name, mirrored = fs::path(o.mirror_dir) / kCheckpointsDir / name;
     if (fs::exists(local / ckpt::kManifestName) || !fs::exists(mirrored / ckpt::kManifestName)) continue;
     try {
       ckpt::copy_checkpoint(mirrored, local);
@@ -59,7 +59,7 @@ void Trainer::Impl::evaluate_and_track() {
     s.patience_counter = 0;
     saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16",
                                 {{"metric", o.metric_for_best}, {"value", value}}, &saver.pool()),
-                 t.checkpoints_dir() / "best");
+                 t.checkpoints_dir() / kBestDir);
   } else {
     ++s.patience_counter;
   }
@@ -97,7 +97,7 @@ void Trainer::Impl::report_saves() {
                              {"seconds", e.seconds}, {"bytes", e.bytes}};
     if (!e.error.empty()) record["error"] = e.error;
     const std::string dir = fs::path(e.path).filename().string();
-    if (e.kind == Kind::kSaved && (dir.rfind("step-", 0) == 0 || dir == "recovery")) result.last_checkpoint = e.path;
+    if (e.kind == Kind::kSaved && (dir.rfind(kStepPrefix, 0) == 0 || dir == kRecoveryDir)) result.last_checkpoint = e.path;
     if (e.kind == Kind::kSaveFailed) {
       ++result.save_errors;
       result.last_save_error = e.error;
@@ -112,10 +112,10 @@ void Trainer::Impl::report_saves() {
   if (device.is_cuda()) at::accelerator::emptyCache();
   std::string saved = "nothing could be saved";
   try {
-    save("recovery");
+    save(kRecoveryDir);
     saver.flush();
     report_saves();
-    saved = "the state before this step is in " + (t.checkpoints_dir() / "recovery").string();
+    saved = "the state before this step is in " + (t.checkpoints_dir() / kRecoveryDir).string();
   } catch (const std::exception& inner) {
     saved = std::string("saving a recovery checkpoint failed too (") + inner.what() + ")";
   }
@@ -128,7 +128,7 @@ void Trainer::Impl::report_saves() {
 }
 
 void Trainer::Impl::fill_saved_result() {
-  const fs::path best = t.checkpoints_dir() / "best";
+  const fs::path best = t.checkpoints_dir() / kBestDir;
   result.best_dir.clear();
   result.best_saved_step = -1;
   if (fs::exists(best / ckpt::kManifestName)) {
@@ -180,7 +180,7 @@ void Trainer::Impl::finalize_swa() {
       emit({{"event", "swa_eval"}, {"step", s.global_step}, {"metrics", record}});
     }
     saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16", extra, &saver.pool()),
-                 t.checkpoints_dir() / "swa");
+                 t.checkpoints_dir() / kSwaDir);
     snapshot_wait_seconds += saver.wait_for_snapshots();  // the copy reads the swapped-in weights
   } catch (...) {
     saver.wait_for_snapshots();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/DeviceAccelerator.h>
+#include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
 
 #include <chrono>
@@ -29,11 +30,31 @@
 namespace enstack::train {
 namespace fs = std::filesystem;
 
-inline std::string step_name(int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
-  return name;
-}
+// Autocast on `device` for the run's precision (nothing for fp32), restored on exit,
+// exceptions included.
+class AutocastGuard {
+ public:
+  AutocastGuard(const std::string& precision, c10::DeviceType device) : device_(device) {
+    if (precision == "fp32") return;
+    active_ = true;
+    previous_enabled_ = at::autocast::is_autocast_enabled(device);
+    previous_dtype_ = at::autocast::get_autocast_dtype(device);
+    at::autocast::set_autocast_enabled(device, true);
+    at::autocast::set_autocast_dtype(device, precision == "bf16" ? at::kBFloat16 : at::kHalf);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastGuard() {
+    if (!active_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, previous_enabled_);
+    at::autocast::set_autocast_dtype(device_, previous_dtype_);
+  }
+
+ private:
+  c10::DeviceType device_;
+  bool active_ = false, previous_enabled_ = false;
+  at::ScalarType previous_dtype_ = at::kFloat;
+};
 
 inline double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -50,7 +71,7 @@ inline ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o, std::share
   a.coalesce = o.save_coalesce;
   a.synchronous = !o.async_save;
   a.keep_steps = static_cast<int>(o.save_total_limit);
-  if (!o.mirror_dir.empty()) a.mirror_root = fs::path(o.mirror_dir) / "checkpoints";
+  if (!o.mirror_dir.empty()) a.mirror_root = fs::path(o.mirror_dir) / kCheckpointsDir;
   return a;
 }
 
@@ -125,7 +146,7 @@ struct Trainer::Impl {
 
   std::vector<fs::path> checkpoint_roots() const {
     std::vector<fs::path> roots{t.checkpoints_dir()};
-    if (!o.mirror_dir.empty()) roots.push_back(fs::path(o.mirror_dir) / "checkpoints");
+    if (!o.mirror_dir.empty()) roots.push_back(fs::path(o.mirror_dir) / kCheckpointsDir);
     return roots;
   }
   double learning_rate(int64_t step) const;
@@ -156,7 +177,7 @@ struct Trainer::Impl {
   void fill_swa_result() {
     result.swa_count = s.swa_count;
     result.swa_eval = s.swa_eval;
-    if (s.swa_count > 0) result.swa_dir = (t.checkpoints_dir() / "swa").string();
+    if (s.swa_count > 0) result.swa_dir = (t.checkpoints_dir() / kSwaDir).string();
   }
 };
 

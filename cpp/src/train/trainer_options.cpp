@@ -11,6 +11,7 @@
 #include "enstack/data/loader.h"
 #include "enstack/train/trainer.h"
 #include "enstack/util/error.h"
+#include "trainer_impl.h"
 
 namespace enstack::train {
 
@@ -27,7 +28,7 @@ void TrainerOptions::validate() const {
   need(precision == "fp32" || precision == "bf16" || precision == "fp16", "train.precision must be fp32, bf16 or fp16");
   need(eval_strategy == "epoch" || eval_strategy == "steps", "train.eval_strategy must be epoch or steps");
   need(eval_strategy != "steps" || eval_steps >= 1, "train.eval_steps must be set with eval_strategy steps");
-  need(save_total_limit >= 1, "train.save_total_limit must be at least 1");
+  need(save_total_limit == -1 || save_total_limit >= 1, "train.save_total_limit must be at least 1 (null: keep all)");
   need(std::isfinite(save_minutes) && save_minutes >= 0, "train.save_minutes must be >= 0 (0: off)");
   need(patience >= 0, "train.early_stopping.patience must not be negative");
   need(best_model_dtype == "fp32" || best_model_dtype == "fp16", "train.best_model_dtype must be fp32 or fp16");
@@ -40,58 +41,97 @@ void TrainerOptions::validate() const {
   ENSTACK_CHECK(text.empty(), ConfigError, "invalid training options:", text);
 }
 
+// Every option once: its JSON key, its field, and whether null means "off" (the field's
+// off value below) or is refused. from_json, to_json and the list of known keys all
+// come from this table.
+#define ENSTACK_TRAINER_OPTIONS(X)                                                         \
+  X(output_dir, false) X(seed, false) X(num_threads, false) X(device, false) X(epochs, false) \
+  X(batch_size, false) X(grad_accum, false) X(learning_rate, false) X(weight_decay, false)   \
+  X(warmup_ratio, false) X(warmup_steps, true) X(lr_schedule, false) X(max_grad_norm, false) \
+  X(precision, false) X(loss_scale, false) X(eval_strategy, false) X(eval_steps, true)       \
+  X(save_steps, true) X(save_minutes, true) X(save_total_limit, true) X(logging_steps, false)  \
+  X(auto_microbatch, false) X(metric_for_best, true) X(greater_is_better, false)              \
+  X(patience, true) X(threshold, false) X(group_by_length, false) X(pad_id, false)            \
+  X(max_length, false) X(label_names, false) X(config_fingerprint, false)                     \
+  X(allow_changes, false) X(mirror_dir, true) X(mirror_lease_seconds, false)                  \
+  X(async_save, false) X(save_coalesce, false) X(best_model_dtype, false)                     \
+  X(swa_enabled, false) X(swa_start_epoch, true) X(swa_every_steps, true) X(swa_lr, true)
+
+namespace {
+// What null means for the nullable options; refused where there is none.
+TrainerOptions off_values() {
+  TrainerOptions off;
+  off.warmup_steps = 0;
+  off.eval_steps = 0;
+  off.save_steps = 0;
+  off.save_minutes = 0;
+  off.save_total_limit = -1;  // keep every step checkpoint
+  off.metric_for_best = "";   // no best/ tracking, no early stopping
+  off.patience = 0;
+  off.mirror_dir = "";
+  off.swa_start_epoch = 0;  // at 75% of the epochs
+  off.swa_every_steps = 0;  // once at the end of each epoch
+  off.swa_lr = 0;           // no annealing
+  return off;
+}
+}  // namespace
+
+std::vector<std::string> TrainerOptions::keys() {
+  std::vector<std::string> out;
+#define ENSTACK_KEY(name, nullable) out.emplace_back(#name);
+  ENSTACK_TRAINER_OPTIONS(ENSTACK_KEY)
+#undef ENSTACK_KEY
+  return out;
+}
+
 TrainerOptions TrainerOptions::from_json(const nlohmann::json& j) {
-  TrainerOptions o;
-  auto get = [&](const char* key, auto& field) {
-    if (j.contains(key) && !j[key].is_null()) field = j[key].get<std::decay_t<decltype(field)>>();
-  };
-  try {
-    get("output_dir", o.output_dir);
-    get("seed", o.seed);
-    get("num_threads", o.num_threads);
-    get("device", o.device);
-    get("epochs", o.epochs);
-    get("batch_size", o.batch_size);
-    get("grad_accum", o.grad_accum);
-    get("learning_rate", o.learning_rate);
-    get("weight_decay", o.weight_decay);
-    get("warmup_ratio", o.warmup_ratio);
-    get("warmup_steps", o.warmup_steps);
-    get("lr_schedule", o.lr_schedule);
-    get("max_grad_norm", o.max_grad_norm);
-    get("precision", o.precision);
-    get("eval_strategy", o.eval_strategy);
-    get("eval_steps", o.eval_steps);
-    get("save_steps", o.save_steps);
-    get("save_minutes", o.save_minutes);
-    get("auto_microbatch", o.auto_microbatch);
-    get("save_total_limit", o.save_total_limit);
-    get("logging_steps", o.logging_steps);
-    get("metric_for_best", o.metric_for_best);
-    get("greater_is_better", o.greater_is_better);
-    get("patience", o.patience);
-    get("threshold", o.threshold);
-    get("group_by_length", o.group_by_length);
-    get("pad_id", o.pad_id);
-    get("max_length", o.max_length);
-    get("label_names", o.label_names);
-    get("config_fingerprint", o.config_fingerprint);
-    get("allow_changes", o.allow_changes);
-    get("mirror_dir", o.mirror_dir);
-    get("mirror_lease_seconds", o.mirror_lease_seconds);
-    get("async_save", o.async_save);
-    get("save_coalesce", o.save_coalesce);
-    get("best_model_dtype", o.best_model_dtype);
-    get("swa_enabled", o.swa_enabled);
-    get("swa_start_epoch", o.swa_start_epoch);
-    get("swa_every_steps", o.swa_every_steps);
-    get("swa_lr", o.swa_lr);
-    get("loss_scale", o.loss_scale);
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(util::str_cat("a training option has the wrong type: ", e.what()));
+  ENSTACK_CHECK(j.is_object(), ConfigError, "the training options must be a JSON object, not ", j.type_name());
+  const auto known = keys();
+  std::ostringstream problems;
+  for (const auto& [key, value] : j.items()) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      problems << "\n  - unknown training option '" << key << "'";
+    }
   }
+  TrainerOptions o;
+  const TrainerOptions off = off_values();
+  auto get = [&](const char* key, bool nullable, auto& field, const auto& off_value) {
+    if (!j.contains(key)) return;
+    const auto& v = j.at(key);
+    if (v.is_null()) {
+      if (nullable) {
+        field = off_value;
+      } else {
+        problems << "\n  - training option '" << key << "' must not be null";
+      }
+      return;
+    }
+    try {
+      field = v.get<std::decay_t<decltype(field)>>();
+    } catch (const nlohmann::json::exception&) {
+      problems << "\n  - training option '" << key << "' has the wrong type (" << v.type_name() << ": " << v.dump()
+               << ")";
+    }
+  };
+#define ENSTACK_GET(name, nullable) get(#name, nullable, o.name, off.name);
+  ENSTACK_TRAINER_OPTIONS(ENSTACK_GET)
+#undef ENSTACK_GET
+  const std::string text = problems.str();
+  ENSTACK_CHECK(text.empty(), ConfigError, "invalid training options:", text);
   return o;
 }
+
+nlohmann::json TrainerOptions::to_json() const {
+  nlohmann::json j = nlohmann::json::object();
+  const TrainerOptions off = off_values();
+#define ENSTACK_PUT(name, nullable) \
+  j[#name] = (nullable && name == off.name) ? nlohmann::json(nullptr) : nlohmann::json(name);
+  ENSTACK_TRAINER_OPTIONS(ENSTACK_PUT)
+#undef ENSTACK_PUT
+  return j;
+}
+
+#undef ENSTACK_TRAINER_OPTIONS
 
 nlohmann::json FitResult::to_json() const {
   return {{"global_step", global_step}, {"epochs_completed", epochs_completed}, {"early_stopped", early_stopped},
@@ -122,12 +162,8 @@ torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size
   while (auto batch = loader.next()) {
     torch::Tensor logits;
     {
-      const bool on = options_.precision != "fp32";
-      at::autocast::set_autocast_enabled(device.type(), on);
-      if (on) at::autocast::set_autocast_dtype(device.type(), options_.precision == "bf16" ? at::kBFloat16 : at::kHalf);
+      AutocastGuard autocast(options_.precision, device.type());
       logits = model_->forward(batch->input_ids.to(device), batch->attention_mask.to(device));
-      at::autocast::set_autocast_enabled(device.type(), false);
-      if (on) at::autocast::clear_cache();
     }
     logits = logits.to(torch::kFloat);
     auto values = (output == Output::kLogits ? logits : torch::softmax(logits, 1)).cpu();

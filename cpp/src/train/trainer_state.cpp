@@ -6,11 +6,13 @@
 #include <ATen/core/Generator.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <tuple>
 #include <mutex>
 
 #include "enstack/ckpt/checkpoint_dir.h"
+#include "enstack/model/encoder_config.h"
 #include "enstack/model/safetensors.h"
 #include "enstack/model/weights.h"
 #include "enstack/util/error.h"
@@ -22,14 +24,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kRngKey = "rng.cpu";
-constexpr const char* kCudaRngKey = "rng.cuda";
-constexpr const char* kSwaFile = "swa.safetensors";
-constexpr const char* kScalerPrefix = "scaler.";
 
 nlohmann::json nan_to_null(double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); }
 
 }  // namespace
+
+std::string step_dir_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "%s%08lld", kStepPrefix, static_cast<long long>(step));
+  return name;
+}
 
 nlohmann::json TrainerState::to_json() const {
   return {{"epoch", epoch}, {"batch_cursor", batch_cursor}, {"global_step", global_step},
@@ -205,8 +209,8 @@ std::optional<fs::path> find_resume_checkpoint(const std::vector<fs::path>& root
   // step-* and recovery/ compete by manifest step; on a tie the earlier root (local) wins.
   std::vector<std::tuple<int64_t, std::size_t, fs::path>> candidates;
   for (std::size_t r = 0; r < roots.size(); ++r) {
-    for (auto& [step, path] : ckpt::list_by_step(roots[r], "step-")) candidates.emplace_back(step, r, path);
-    for (auto& [step, path] : ckpt::list_by_step(roots[r], "recovery")) candidates.emplace_back(step, r, path);
+    for (auto& [step, path] : ckpt::list_by_step(roots[r], kStepPrefix)) candidates.emplace_back(step, r, path);
+    for (auto& [step, path] : ckpt::list_by_step(roots[r], kRecoveryDir)) candidates.emplace_back(step, r, path);
   }
   std::sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) {
     if (std::get<0>(a) != std::get<0>(b)) return std::get<0>(a) > std::get<0>(b);
@@ -229,7 +233,7 @@ std::optional<fs::path> find_resume_checkpoint(const std::vector<fs::path>& root
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(root, ec)) {
       const std::string name = entry.path().filename().string();
-      if (!entry.is_directory() || (name.rfind("step-", 0) != 0 && name != "recovery")) continue;
+      if (!entry.is_directory() || (name.rfind(kStepPrefix, 0) != 0 && name != kRecoveryDir)) continue;
       const bool listed = std::any_of(candidates.begin(), candidates.end(),
                                       [&](const auto& c) { return std::get<2>(c) == entry.path(); });
       if (listed) continue;
@@ -247,6 +251,48 @@ std::optional<fs::path> find_resume_checkpoint(const std::vector<fs::path>& root
       "cannot resume: checkpoints exist but none of them is valid:", list,
       "\nNothing was changed. To start over knowingly, train with resume=False (`enstack train --no-resume`), "
       "which moves these checkpoints aside; or repair or restore one of them (e.g. from run.mirror_dir)."));
+}
+
+fs::path write_full_checkpoint(const fs::path& checkpoints_root, const nlohmann::json& model_config,
+                               const std::map<std::string, torch::Tensor>& weights,
+                               const std::map<std::string, torch::Tensor>& optimizer_entries,
+                               const TrainerState& state, const nlohmann::json& options,
+                               const nlohmann::json& manifest_extra) {
+  // The parts must be what a resume loads: a model of this config takes the weights, and
+  // an AdamW over its parameters takes the moments (both throw, listing what differs).
+  model::EncoderClassifier model(model::EncoderConfig::from_json(model_config));
+  try {
+    model::load_state(model, weights);
+  } catch (const std::exception& e) {
+    throw CheckpointError(util::str_cat("the weights do not fit the model of config.json: ", e.what()));
+  }
+  std::map<std::string, torch::Tensor> moments;
+  bool has_rng = false;
+  for (const auto& [name, tensor] : optimizer_entries) {
+    if (name == kRngKey) {
+      has_rng = true;
+    } else if (name != kCudaRngKey && name.rfind(kScalerPrefix, 0) != 0) {
+      moments.emplace(name, tensor);
+    }
+  }
+  ENSTACK_CHECK(has_rng, CheckpointError, "a full checkpoint needs the CPU RNG state (", kRngKey, ")");
+  std::vector<std::pair<std::string, torch::Tensor>> parameters;
+  for (const auto& item : model.named_parameters(true)) parameters.emplace_back(item.key(), item.value());
+  AdamW(parameters).load_state_tensors(moments);
+  // Round-trip the state through its schema, so the file holds every key, typed.
+  const TrainerState typed = TrainerState::from_json(state.to_json());
+
+  const fs::path dir = checkpoints_root / step_dir_name(typed.global_step);
+  ckpt::CheckpointWriter writer(dir);
+  writer.add_json(kConfigFile, model_config);
+  writer.add_tensors(kModelFile, weights);
+  writer.add_tensors(kOptimizerFile, optimizer_entries);
+  writer.add_json(kStateFile, {{"state", typed.to_json()}, {"options", options}});
+  nlohmann::json extra = {{"epoch", typed.epoch}, {"batch_cursor", typed.batch_cursor}, {"finished", typed.finished}};
+  if (manifest_extra.is_object()) extra.update(manifest_extra);
+  const fs::path out = writer.commit(typed.global_step, "full", extra);
+  verify_checkpoint(out);
+  return out;
 }
 
 }  // namespace enstack::train

@@ -45,7 +45,7 @@ struct TrainerOptions {
   int64_t eval_steps = 0;
   int64_t save_steps = 0;  // 0: only at epoch ends
   double save_minutes = 0;  // > 0: also save at the first step boundary this much wall time after the last save
-  int64_t save_total_limit = 2;
+  int64_t save_total_limit = 2;  // step-* checkpoints kept; -1: all
   int64_t logging_steps = 50;
   // On out of memory, run each batch as twice as many micro-batches for the rest of the
   // run (same global batch, same update up to summation order) instead of stopping.
@@ -73,7 +73,14 @@ struct TrainerOptions {
   double swa_lr = 0.0;             // > 0: anneal the learning rate to it over one epoch from the SWA start
 
   void validate() const;  // throws ConfigError listing every problem
+  // Throws ConfigError listing every unknown key, mistyped value, and null where the
+  // option has no off value. null means off: eval_steps, save_steps, save_minutes,
+  // warmup_steps, patience, swa_every_steps, swa_lr (0), save_total_limit (-1: keep all),
+  // metric_for_best ("": no best/ tracking), mirror_dir ("": none), swa_start_epoch (0:
+  // at 75% of the epochs).
   static TrainerOptions from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;  // the off values as null
+  static std::vector<std::string> keys();  // every option's JSON key
 };
 
 // A checkpoint as resume accepts it: its manifest and files (ckpt::verify), the files its
