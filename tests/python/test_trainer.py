@@ -151,7 +151,9 @@ RUNNER = textwrap.dedent("""
         if r["event"] == "log":
             with open(losses, "a") as f:
                 f.write(json.dumps([r["step"], r["loss"]]) + "\\n")
-        if r["event"] == "save":  # reported once the checkpoint is on disk
+        # Reported once the checkpoint is on disk; best/ is reported too, and may land before the
+        # step checkpoint of the same step: only a full (step-*) checkpoint is one to resume from.
+        if r["event"] == "save" and os.path.basename(r.get("path", "")).startswith("step-"):
             saved.append(r["step"])
         # Killed on the event once a checkpoint is on disk: under load the background write of
         # the step-5 save may still be running at step 7, and the "resume" would start over.
