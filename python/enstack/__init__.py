@@ -36,7 +36,7 @@ _check_torch_version()
 
 from enstack import _C  # noqa: E402
 from enstack import _logging  # noqa: E402
-from enstack import colab, hub, model  # noqa: E402  (plots, tensorboard: imported on use; matplotlib is slow)
+from enstack import colab, hub, model  # noqa: E402  (monitor.plots, monitor.tensorboard: imported on use; matplotlib is slow)
 from enstack.config import Config, load_config  # noqa: E402
 from enstack.trainer import FitResult, Trainer  # noqa: E402
 from enstack import stacking  # noqa: E402

@@ -93,7 +93,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_plots(cfg, trainer, split: str, tag: str) -> None:
-    from enstack import plots
+    from enstack.monitor import plots
 
     probs = trainer.predict(split).float().numpy()
     labels = trainer._splits[split].open().all_labels().reshape(-1).numpy()

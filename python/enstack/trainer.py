@@ -28,8 +28,8 @@ from enstack._C import train as _train
 from enstack._C import util as _util
 from enstack.config import Config
 from enstack.data import prepare as _prepare
-from enstack.history import TrainLog
-from enstack.progress import ProgressBar
+from enstack.monitor.history import TrainLog
+from enstack.monitor.progress import ProgressBar
 
 log = logging.getLogger("enstack")
 
@@ -372,7 +372,7 @@ class Trainer:
         monitors: list = [TrainLog(out_dir / "metrics")]
         if tensorboard:
             try:
-                from enstack.tensorboard import TensorBoardLogger
+                from enstack.monitor.tensorboard import TensorBoardLogger
 
                 import torch.utils.tensorboard  # noqa: F401 - fails without the tensorboard package
             except ImportError as e:
@@ -382,7 +382,7 @@ class Trainer:
         return monitors
 
     def _write_plots(self, step: int) -> None:
-        from enstack import plots
+        from enstack.monitor import plots
 
         out_dir = Path(self.cfg.run.output_dir)
         try:

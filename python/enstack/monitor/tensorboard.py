@@ -109,7 +109,7 @@ class TensorBoardLogger:
         self.writer.flush()  # evaluations are rare; make them visible in TensorBoard at once
 
     def _confusion_images(self, metrics: Dict[str, Any], step: int, prefix: str) -> None:
-        from enstack import plots
+        from enstack.monitor import plots
 
         labels = [row["label"] for row in metrics.get("per_class") or []] or self.label_names
         for key, percent in (("confusion", False), ("confusion_percent", True)):
