@@ -22,6 +22,7 @@ enstack_add_test_binary(util
 )
 enstack_add_test_binary(ckpt
   tests/cpp/ckpt/async_saver_test.cpp
+  tests/cpp/ckpt/checkpoint_dir_test.cpp
   tests/cpp/ckpt/mirror_lease_test.cpp
 )
 enstack_add_test_binary(data
@@ -32,11 +33,14 @@ enstack_add_test_binary(data
 )
 enstack_add_test_binary(model
   tests/cpp/model/encoder_config_test.cpp
+  tests/cpp/model/dropout_test.cpp
   tests/cpp/model/encoder_classifier_test.cpp
   tests/cpp/model/safetensors_test.cpp
 )
 enstack_add_test_binary(train
   tests/cpp/train/adamw_test.cpp
+  tests/cpp/train/checkpoint_format_test.cpp
   tests/cpp/train/metrics_schedule_test.cpp
+  tests/cpp/train/swa_test.cpp
   tests/cpp/train/trainer_test.cpp
 )
