@@ -17,7 +17,7 @@ STAMPS := .stamps
 TORCH_SPEC ?= torch==2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: help setup build demo test test-cpp test-python bench clean
+.PHONY: help setup build demo test test-cpp test-python bench clean FORCE
 
 help:
 	@sed -n '2,7p' Makefile | sed 's/^# *//'
@@ -33,8 +33,15 @@ $(STAMPS)/venv: $(STAMPS)/system
 	$(PIP) install -q --upgrade pip
 	@touch $@
 
+# The editable install records the file of each Python module it saw: after a module is added,
+# moved or removed it must be reinstalled (a pip run reusing build/dev), so the list of modules
+# is a prerequisite of the install, rewritten only when it changes.
+$(STAMPS)/python-modules: FORCE
+	@mkdir -p $(STAMPS); find python/enstack -name '*.py' | LC_ALL=C sort > $@.new; \
+	if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
 # torch is installed on its own, pinned, before anything can pull another build of it.
-$(STAMPS)/python-deps: $(STAMPS)/venv pyproject.toml
+$(STAMPS)/python-deps: $(STAMPS)/venv pyproject.toml $(STAMPS)/python-modules
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "scikit-build-core>=0.10" "cmake>=3.26" ninja
 	$(PIP) install -q --no-build-isolation \

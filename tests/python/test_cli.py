@@ -16,7 +16,8 @@ import torch
 import yaml
 
 import enstack
-from enstack import _cli_run, cli
+from enstack import cli
+from enstack.cli import run as _cli_run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import TINY  # noqa: E402

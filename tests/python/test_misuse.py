@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 import enstack
-from enstack import _cli_run, cli
+from enstack import cli
+from enstack.cli import run as _cli_run
 from enstack.data import load_split, prepare, synthetic
 
 sys.path.insert(0, str(Path(__file__).parent))

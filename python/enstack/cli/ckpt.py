@@ -1,6 +1,6 @@
 """The ``enstack ckpt`` subcommands: list, inspect, verify, export and import of checkpoints.
 
-``cli._build_parser`` calls ``register(subparsers)``; the work is in ``enstack.ckpt.tools``
+``enstack.cli._build_parser`` calls ``register(subparsers)``; the work is in ``enstack.ckpt.tools``
 and ``enstack.ckpt.importer``.
 """
 

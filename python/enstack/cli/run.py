@@ -1,6 +1,6 @@
 """``enstack eval``, ``enstack predict`` and ``enstack bench``: using a trained run, and the benchmarks.
 
-``register(subparsers)`` adds the three commands to the ``enstack`` parser (``cli.py``).
+``register(subparsers)`` adds the three commands to the ``enstack`` parser (``enstack.cli``).
 eval and predict load a checkpoint of the run a config describes (``best`` by default,
 ``last``, ``swa`` or a directory) and use the run's prepared token stores, so the
 numbers are those of the data the model was trained and evaluated on.

@@ -2,6 +2,9 @@
 
 Errors print one message on stderr and exit non-zero (2 for enstack's own errors);
 ``--debug`` (anywhere on the command line) shows the traceback instead.
+Also ``python -m enstack`` and ``python -m enstack.cli``. The commands live in
+this module (doctor, model, train, data) and in ``ckpt``, ``run`` (eval, predict,
+bench) and ``stack``, each with a ``register(subparsers)``.
 """
 
 from __future__ import annotations
@@ -219,9 +222,11 @@ def _build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--verify", action="store_true", help="also verify the data checksum")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_data_stats)
-    __import__("enstack._cli_ckpt", fromlist=["register"]).register(sub)  # enstack ckpt ...
-    __import__("enstack._cli_run", fromlist=["register"]).register(sub)  # enstack eval, predict, bench
-    __import__("enstack._cli_stack", fromlist=["register"]).register(sub)  # enstack stack
+    from enstack.cli import ckpt, run, stack
+
+    ckpt.register(sub)  # enstack ckpt ...
+    run.register(sub)  # enstack eval, predict, bench
+    stack.register(sub)  # enstack stack
     return parser
 
 
@@ -253,6 +258,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"enstack: {name}: {e}", file=sys.stderr)
         return 2 if name.endswith("Error") and type(e).__module__ == "enstack" else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
