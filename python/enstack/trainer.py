@@ -26,7 +26,7 @@ from enstack._C import CheckpointError, ConfigError, DataError
 from enstack._C import ckpt as _ckpt
 from enstack._C import train as _train
 from enstack._C import util as _util
-from enstack.config import Config
+from enstack.config import Config, resolve_device, resolve_precision, trainer_options
 from enstack.data import prepare as _prepare
 from enstack.monitor.history import TrainLog
 from enstack.monitor.progress import ProgressBar
@@ -92,16 +92,10 @@ class Trainer:
 
     # -- setup -----------------------------------------------------------------------------------
     def _device(self) -> str:
-        device = self.cfg.run.device
-        if device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return device
+        return resolve_device(self.cfg)
 
     def _precision(self, device: str) -> str:
-        p = self.cfg.train.precision
-        if p == "auto":
-            return "fp16" if device.startswith("cuda") else "fp32"
-        return p
+        return resolve_precision(self.cfg, device)
 
     def _build_model(self, label_names: List[str], vocab_size: int) -> es_model.EncoderClassifier:
         m = self.cfg.model
@@ -125,32 +119,6 @@ class Trainer:
             self._source = hub.resolve(self.cfg.model.name_or_path, from_scratch=self.cfg.model.from_scratch)
         return self._source
 
-    def _options(self, device: str, pad_id: int, label_names: List[str],
-                 allow_changes: bool = False) -> Dict[str, Any]:
-        t, r = self.cfg.train, self.cfg.run
-        metric = t.metric_for_best or ""  # "": no best-model tracking (metric_for_best: null)
-        greater = t.greater_is_better if t.greater_is_better is not None else metric not in ("loss", "")
-        return {
-            "output_dir": str(r.output_dir), "seed": r.seed, "num_threads": r.num_threads, "device": device,
-            "epochs": t.epochs, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
-            "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "warmup_ratio": t.warmup_ratio,
-            "warmup_steps": t.warmup_steps, "lr_schedule": t.lr_schedule, "max_grad_norm": t.max_grad_norm,
-            "precision": self._precision(device), "eval_strategy": t.eval_strategy, "eval_steps": t.eval_steps or 0,
-            "save_steps": t.save_steps if t.save_steps is not None else (t.eval_steps or 0),
-            "save_minutes": float(t.save_minutes or 0.0), "auto_microbatch": t.auto_microbatch,
-            "save_total_limit": t.save_total_limit or 1_000_000, "logging_steps": t.logging_steps,
-            "metric_for_best": metric, "greater_is_better": greater,
-            "patience": t.early_stopping.patience or 0, "threshold": t.early_stopping.threshold,
-            "group_by_length": self.cfg.data.group_by_length, "pad_id": pad_id,
-            "max_length": self.cfg.model.max_length, "label_names": label_names,
-            "config_fingerprint": self.cfg.fingerprint(), "allow_changes": allow_changes,
-            "mirror_dir": str(r.mirror_dir) if r.mirror_dir else "", "save_coalesce": t.save_coalesce,
-            "mirror_lease_seconds": float(r.mirror_lease_seconds),
-            "best_model_dtype": t.best_model_dtype, "swa_enabled": t.swa.enabled,
-            "swa_start_epoch": t.swa.start_epoch or 0, "swa_every_steps": t.swa.every_steps or 0,
-            "swa_lr": t.swa.lr or 0.0, "loss_scale": t.loss_scale,
-        }
-
     def _setup(self, progress: bool, allow_changes: Optional[bool] = None):
         # A fit refused for a changed config has loaded the checkpoint's weights already;
         # fit(allow_changes=True) after it starts from a fresh setup. None: any setup will do.
@@ -168,7 +136,7 @@ class Trainer:
         device = self._device()
         eval_split = self._splits.get("validation")
         self._native = _train.Trainer(model, store, eval_split.open() if eval_split else None,
-                                      self._options(device, pad_id, train.label_names, allow_changes))
+                                      trainer_options(self.cfg, device, pad_id, train.label_names, allow_changes))
         self._allow_changes = allow_changes
         self.model = model
 
@@ -355,15 +323,15 @@ class Trainer:
         """'key: old -> new' for the fingerprinted settings that differ from the run's saved config.yaml."""
         import yaml
 
-        from enstack.config import _NOT_FINGERPRINTED, _flatten
+        from enstack.config.schema import NOT_FINGERPRINTED, flatten
 
         path = Path(self.cfg.run.output_dir) / "config.yaml"
         try:
-            saved = _flatten(yaml.safe_load(path.read_text()) or {})
+            saved = flatten(yaml.safe_load(path.read_text()) or {})
         except (OSError, yaml.YAMLError):
             return ""
-        now = _flatten(self.cfg.to_dict())
-        keys = sorted(k for k in set(saved) | set(now) if k not in _NOT_FINGERPRINTED and saved.get(k) != now.get(k))
+        now = flatten(self.cfg.to_dict())
+        keys = sorted(k for k in set(saved) | set(now) if k not in NOT_FINGERPRINTED and saved.get(k) != now.get(k))
         return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys)
 
     # -- monitoring ------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def test_steps_strategy_needs_eval_steps_and_save_steps_are_free():
 
 
 def test_fp16_is_accepted_on_every_device_where_torch_can_run_it(monkeypatch):
-    from enstack import _config_validate
+    from enstack.config import validate as _config_validate
 
     assert problems(train__precision="fp16", run__device="cpu") == {}  # torch >= 2.4: CPU autocast in float16
     monkeypatch.setattr(_config_validate, "cpu_fp16_autocast_available", lambda: False)

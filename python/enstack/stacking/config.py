@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from enstack import _config_validate as _v
-from enstack import config as _cfg
 from enstack._C import ConfigError
-from enstack.config import Config, RunConfig, _f, _Section, _sub
+from enstack.config import validate as _v
+from enstack.config.loading import (PathLike, absolute_path, deep_merge, load_config, load_with_includes,
+                                    overrides_tree, resolve_paths)
+from enstack.config.schema import Config, RunConfig, Section, doc_field, section_field
 
 __all__ = ["META_CLASSIFIERS", "StackConfig", "StackSection", "load_stack_config"]
 
@@ -33,26 +34,26 @@ SelectBy = Literal["accuracy", "precision_weighted", "recall_weighted", "f1_weig
 
 
 @dataclass(frozen=True)
-class StackSection(_Section):
+class StackSection(Section):
     """Base models, meta-classifiers and the protocol that keeps them honest."""
 
     base_models: Dict[str, Union[str, Tuple[str, ...]]] = field(default_factory=dict, metadata={"doc": (
         "Base models: name -> its training config file (or a list of files composed left to right), "
         "relative to this file. Names are letters, digits, '_', '.', '-' (e.g. CodeBERT).")})
-    meta_classifiers: Tuple[MetaName, ...] = _f(META_CLASSIFIERS, "Meta-classifiers with the paper's settings: "
+    meta_classifiers: Tuple[MetaName, ...] = doc_field(META_CLASSIFIERS, "Meta-classifiers with the paper's settings: "
                                                 "lr, svm, rf, xgboost.")
-    protocol: Literal["paper", "oof"] = _f("paper", "paper: meta-classifiers learn from validation-set "
+    protocol: Literal["paper", "oof"] = doc_field("paper", "paper: meta-classifiers learn from validation-set "
                                            "predictions and are scored on test (the paper's Algorithm 1); "
                                            "oof: K-fold out-of-fold predictions over train+validation.")
-    folds: int = _f(5, "K of the oof protocol (base models are fine-tuned K times).")
-    features: Literal["probabilities", "logits", "both"] = _f("probabilities", "Meta-features: the base "
+    folds: int = doc_field(5, "K of the oof protocol (base models are fine-tuned K times).")
+    features: Literal["probabilities", "logits", "both"] = doc_field("probabilities", "Meta-features: the base "
                                                               "models' class probabilities (the paper), logits, or both.")
-    checkpoint: Literal["auto", "best", "final", "swa"] = _f("auto", "Base-model weights that predict: best, "
+    checkpoint: Literal["auto", "best", "final", "swa"] = doc_field("auto", "Base-model weights that predict: best, "
                                                              "final or swa; auto: best for paper, final for oof.")
-    select_by: SelectBy = _f("f1_weighted", "Metric that marks the best row of the results table.")
-    train_base_models: bool = _f(True, "Train (or resume) base models first; false: fail when a checkpoint is missing.")
-    predict_batch_size: int = _f(0, "Batch size for base-model inference; 0: the base model's train.batch_size.")
-    plots: bool = _f(True, "Write confusion-matrix and ROC plots (PNG).")
+    select_by: SelectBy = doc_field("f1_weighted", "Metric that marks the best row of the results table.")
+    train_base_models: bool = doc_field(True, "Train (or resume) base models first; false: fail when a checkpoint is missing.")
+    predict_batch_size: int = doc_field(0, "Batch size for base-model inference; 0: the base model's train.batch_size.")
+    plots: bool = doc_field(True, "Write confusion-matrix and ROC plots (PNG).")
 
     def resolved_checkpoint(self) -> str:
         """checkpoint with auto filled in."""
@@ -62,11 +63,11 @@ class StackSection(_Section):
 
 
 @dataclass(frozen=True)
-class StackConfig(_Section):
+class StackConfig(Section):
     """A whole stacking experiment. Build it with ``load_stack_config`` or ``StackConfig.from_dict``."""
 
-    run: RunConfig = _sub(RunConfig, "Stacking run directory, seed (of folds and meta-classifiers), threads.")
-    stack: StackSection = _sub(StackSection, "Base models, meta-classifiers, protocol.")
+    run: RunConfig = section_field(RunConfig, "Stacking run directory, seed (of folds and meta-classifiers), threads.")
+    stack: StackSection = section_field(StackSection, "Base models, meta-classifiers, protocol.")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "") -> "StackConfig":
@@ -81,7 +82,7 @@ class StackConfig(_Section):
         out = {}
         for name, files in self.stack.base_models.items():
             try:
-                out[name] = _cfg.load_config(list(files) if isinstance(files, tuple) else files)
+                out[name] = load_config(list(files) if isinstance(files, tuple) else files)
             except ConfigError as e:
                 raise ConfigError(f"base model '{name}' (stack.base_models.{name}): {e}") from None
         return out
@@ -120,7 +121,7 @@ def _check(cfg: StackConfig, p: _v.Problems) -> None:
 # ---------------------------------------------------------------- loading
 
 
-def load_stack_config(paths: Union[_cfg.PathLike, Sequence[_cfg.PathLike]],
+def load_stack_config(paths: Union[PathLike, Sequence[PathLike]],
                       overrides: Optional[Union[Mapping[str, Any], Sequence[str]]] = None) -> StackConfig:
     """Loads, composes and validates stacking config files (as ``enstack.load_config`` does).
 
@@ -134,10 +135,10 @@ def load_stack_config(paths: Union[_cfg.PathLike, Sequence[_cfg.PathLike]],
     for path in files:
         top = Path(os.path.expanduser(os.fspath(path)))
         base = top.absolute().parent
-        tree = _resolve_base_models(_cfg._resolve_paths(_cfg._load_with_includes(top, ()), base), base)
-        merged = _cfg._deep_merge(merged, tree)
+        tree = _resolve_base_models(resolve_paths(load_with_includes(top), base), base)
+        merged = deep_merge(merged, tree)
     if overrides:
-        merged = _cfg._deep_merge(merged, _resolve_base_models(_cfg._overrides_tree(overrides), Path.cwd()))
+        merged = deep_merge(merged, _resolve_base_models(overrides_tree(overrides), Path.cwd()))
     if "stack" not in merged:
         raise ConfigError(f"{', '.join(map(str, files))} has no stack section, so it is not a stacking config "
                           "(a training config goes to `enstack train`). See configs/demo-stack.yaml.")
@@ -151,7 +152,7 @@ def _resolve_base_models(tree: Dict[str, Any], base: Path) -> Dict[str, Any]:
 
     def resolve(value: Any) -> Any:
         if isinstance(value, (str, os.PathLike)) and value:
-            return _cfg._absolute(value, base)
+            return absolute_path(value, base)
         if isinstance(value, list):
             return [resolve(v) for v in value]
         return value

@@ -133,6 +133,6 @@ def stack(config: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Sta
 
 
 def _merged(cfg: StackConfig, overrides) -> Dict[str, Any]:
-    from enstack import config as _cfg
+    from enstack.config.loading import deep_merge, overrides_tree
 
-    return _cfg._deep_merge(cfg.to_dict(), _cfg._overrides_tree(overrides))
+    return deep_merge(cfg.to_dict(), overrides_tree(overrides))

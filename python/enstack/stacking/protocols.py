@@ -162,12 +162,14 @@ class _FoldTrainer(Trainer):
         if self._native is not None:
             return
         from enstack._C import train as _train
+        from enstack.config import trainer_options
 
         self._splits = self._given
         train = self._splits["train"]
         store = train.open()
         model = self._build_model(train.label_names, store.info["vocab_size"])
-        options = self._options(self._device(), self._pad_id(), train.label_names)  # the fold's config never changes
+        # the fold's config never changes
+        options = trainer_options(self.cfg, self._device(), self._pad_id(), train.label_names)
         self._native = _train.Trainer(model, store, None, options)
         self.model = model
 

@@ -1,4 +1,4 @@
-"""Checks for enstack.config: parsing mappings into the typed sections, then rules.
+"""Checks for ``enstack.config``: parsing mappings into the typed sections, then rules.
 
 Every problem is collected under its dotted key so that one ``ConfigError`` can
 list them all; the first problem reported for a key (or a section holding it)
@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 from enstack._C import ConfigError
+from enstack.config.schema import DEMO_DATA, ENSTACK5_LABELS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from enstack.config import Config, DataConfig, ModelConfig, TrainConfig
+    from enstack.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 
 _NONE = type(None)
-ENSTACK5_LABELS = ("CWE-119", "CWE-120", "CWE-469", "CWE-476", "CWE-other")  # re-exported by config
-DEMO_DATA = "demo"
 # Position limits of the paper's models, for ids not (yet) on disk.
 _KNOWN_LIMITS = {"microsoft/codebert-base": 512, "microsoft/graphcodebert-base": 512,
                  "microsoft/unixcoder-base": 1024}
@@ -98,7 +97,7 @@ def _hints(cls: type) -> Dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _key_index() -> Dict[str, str]:
     """Leaf key name -> its dotted key, over the whole schema (first wins)."""
-    from enstack.config import Config
+    from enstack.config.schema import Config
 
     index: Dict[str, str] = {}
 
