@@ -17,10 +17,27 @@
 #include "enstack/train/checkpoint_format.h"
 #include "enstack/train/trainer.h"
 #include "enstack/ckpt/snapshot.h"
+#include "enstack/util/error.h"
 
 namespace py = pybind11;
 
 namespace enstack::bindings {
+namespace {
+// A trainer_state.json "state" from Python, typed by the C++ schema; a key the schema does
+// not know is refused (a misspelt key would otherwise be dropped silently).
+train::TrainerState typed_state(const py::object& state) {
+  const auto j = json_of(state);
+  ENSTACK_CHECK(j.is_object(), CheckpointError, "a trainer state must be a JSON object, not ", j.type_name());
+  const auto known = train::TrainerState{}.to_json();
+  std::string unknown;
+  for (const auto& [key, value] : j.items()) {
+    if (!known.contains(key)) unknown += (unknown.empty() ? "" : ", ") + key;
+  }
+  ENSTACK_CHECK(unknown.empty(), CheckpointError, "a trainer state has keys the format does not know: ", unknown);
+  return train::TrainerState::from_json(j);
+}
+}  // namespace
+
 void bind_ckpt(py::module_& m) {
   using ckpt::CheckpointWriter;
   py::class_<CheckpointWriter>(m, "CheckpointWriter",
@@ -137,6 +154,7 @@ void bind_ckpt(py::module_& m) {
   }, py::arg("root"), py::arg("prefix"), py::arg("keep"), py::arg("protect") = std::vector<std::filesystem::path>{});
   // The checkpoint format (enstack/train/checkpoint_format.h): the one definition of its names.
   m.attr("MANIFEST_FILE") = ckpt::kManifestName;
+  m.attr("MANIFEST_CHECKSUM_KEY") = ckpt::kChecksumKey;
   m.attr("CONFIG_FILE") = train::kConfigFile;
   m.attr("MODEL_FILE") = train::kModelFile;
   m.attr("OPTIMIZER_FILE") = train::kOptimizerFile;
@@ -163,7 +181,7 @@ void bind_ckpt(py::module_& m) {
   "step; on a tie the earlier root) among the roots (the run's checkpoints/ first, then the mirror's). None when "
   "there is none; CheckpointError listing each one and why when none of them is valid.");
   m.def("trainer_state", [](const py::object& state) {
-    return python_of(train::TrainerState::from_json(json_of(state)).to_json());
+    return python_of(typed_state(state).to_json());
   }, py::arg("state"),
   "A trainer_state.json 'state' as resume reads it: every key, typed (CheckpointError naming a missing or "
   "mistyped key).");
@@ -174,7 +192,7 @@ void bind_ckpt(py::module_& m) {
            const std::map<std::string, torch::Tensor>& weights, const std::map<std::string, torch::Tensor>& optimizer,
            const py::object& state, const py::object& options, const py::object& extra) {
           const auto config_json = json_of(config), options_json = json_of(options);
-          const auto state_typed = train::TrainerState::from_json(json_of(state));
+          const auto state_typed = typed_state(state);
           const auto extra_json = extra.is_none() ? nlohmann::json::object() : json_of(extra);
           py::gil_scoped_release release;
           return train::write_full_checkpoint(root, config_json, weights, optimizer, state_typed, options_json,

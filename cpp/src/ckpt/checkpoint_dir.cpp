@@ -77,7 +77,7 @@ Manifest read_manifest(const fs::path& dir) {
 
 nlohmann::json Manifest::to_json() const {
   nlohmann::json files_json = nlohmann::json::array();
-  for (const auto& f : files) files_json.push_back({{"name", f.name}, {"size", f.size}, {"fnv1a64", f.checksum}});
+  for (const auto& f : files) files_json.push_back({{"name", f.name}, {"size", f.size}, {kChecksumKey, f.checksum}});
   return {{"format", "enstack-checkpoint"}, {"version", version}, {"step", step}, {"kind", kind},
           {"files", files_json}, {"extra", extra}};
 }
@@ -102,7 +102,7 @@ Manifest Manifest::from_json(const nlohmann::json& j, const fs::path& where) {
           name.find('\\') != std::string::npos || name.find('\0') != std::string::npos) {
         throw bad(util::str_cat("lists the file name '", name, "', which is not a plain file name"));
       }
-      m.files.push_back({name, f.at("size").get<uint64_t>(), f.at("fnv1a64").get<std::string>()});
+      m.files.push_back({name, f.at("size").get<uint64_t>(), f.at(kChecksumKey).get<std::string>()});
     }
     m.extra = j.value("extra", nlohmann::json::object());
     return m;

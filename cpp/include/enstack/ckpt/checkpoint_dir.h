@@ -25,6 +25,8 @@ namespace enstack::ckpt {
 namespace fs = std::filesystem;
 
 inline constexpr const char* kManifestName = "MANIFEST.json";
+// The key of a file's checksum in a manifest entry.
+inline constexpr const char* kChecksumKey = "fnv1a64";
 inline constexpr int kManifestVersion = 1;
 
 struct FileEntry {
