@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from enstack._C import CheckpointError
 from enstack._C import ckpt as _ckpt
-from enstack.ckpt.verify import (STATE_KEYS, check_files, check_manifest, foreign_hint, read_json, read_manifest,
-                                  read_safetensors, section, verify)
+from enstack.ckpt.verify import (check_files, check_manifest, foreign_hint, read_json, read_manifest,
+                                  read_safetensors, section, state_problem, verify)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -74,20 +74,22 @@ def inspect(path: PathLike) -> Dict[str, Any]:
     problems.extend(found)
     if manifest is not None:
         report.update(kind=manifest.get("kind"), step=manifest.get("step"), extra=manifest.get("extra"))
-    doc = None if foreign_hint(path) else read_json(path / "trainer_state.json", problems)
+    doc = None if foreign_hint(path) else read_json(path / _ckpt.STATE_FILE, problems)
     if doc is not None:
         state, options = section(doc, "state"), section(doc, "options")
-        missing = [k for k in STATE_KEYS if k not in state]
-        if missing:
-            problems.append(f"trainer_state.json lacks {', '.join(missing)}")
-        view = {k: state.get(k) for k in STATE_KEYS}
+        why = state_problem(state)
+        if why:
+            problems.append(why)
+        # The state as resume reads it (every key, typed) when it reads; the metrics stay in the file.
+        view = {k: v for k, v in (state if why else _ckpt.trainer_state(state)).items()
+                if not isinstance(v, (dict, list))}
         view.update(epochs=options.get("epochs"), grad_accum=options.get("grad_accum"),
                     batch_size=options.get("batch_size"), swa_count=state.get("swa_count", 0),
                     epoch_complete=state.get("epoch_complete"), imported_from=state.get("imported_from"))
         view.update(_position(path, state, options))
         report["state"] = view
-    elif report.get("kind") == "full" and not (path / "trainer_state.json").exists():
-        problems.append("trainer_state.json is missing")
+    elif report.get("kind") == "full" and not (path / _ckpt.STATE_FILE).exists():
+        problems.append(f"{_ckpt.STATE_FILE} is missing")
     report["valid"] = not problems
     return report
 
@@ -141,27 +143,17 @@ def format_inspect(report: Dict[str, Any]) -> str:
 # -- list -----------------------------------------------------------------------------------------
 def _mirror_root(mirror_dir: PathLike) -> Path:
     mirror = Path(mirror_dir)
-    return mirror / "checkpoints" if (mirror / "checkpoints").is_dir() else mirror
+    return mirror / _ckpt.CHECKPOINTS_DIR if (mirror / _ckpt.CHECKPOINTS_DIR).is_dir() else mirror
 
 
 def resume_candidate(roots: List[Path]) -> Optional[Path]:
-    """The directory ``fit(resume=True)`` starts from, chosen as the trainer chooses: step-* and
-    recovery of every root by manifest step, newest first, the earlier root (local) on a tie;
-    the first that verifies as a full checkpoint."""
-    candidates = []
-    for r, root in enumerate(roots):
-        if root.is_dir():
-            for prefix in ("step-", "recovery"):
-                candidates += [(step, r, str(p)) for step, p in _ckpt.list_by_step(str(root), prefix)]
-    candidates.sort(key=lambda c: c[2], reverse=True)  # within a tie, path descending, as the trainer does
-    candidates.sort(key=lambda c: (-c[0], c[1]))
-    for _, _, path in candidates:
-        try:
-            if _ckpt.verify_checkpoint(path)["kind"] == "full":
-                return Path(path)
-        except CheckpointError:
-            continue
-    return None
+    """The directory ``fit(resume=True)`` starts from (the trainer's own choice, ``_C.ckpt.resume_checkpoint``);
+    None when there is none, or when none is valid (resume then refuses, and each shows as invalid)."""
+    try:
+        found = _ckpt.resume_checkpoint([str(r) for r in roots])
+    except CheckpointError:
+        return None
+    return Path(found) if found else None
 
 
 def list_run(run_dir: PathLike, mirror_dir: Optional[PathLike] = None) -> List[Dict[str, Any]]:
@@ -174,7 +166,7 @@ def list_run(run_dir: PathLike, mirror_dir: Optional[PathLike] = None) -> List[D
         where = "is a file" if run.exists() else "does not exist"
         raise CheckpointError(f"'{run}' {where}: give a run directory (the run.output_dir of a config, which "
                               "holds checkpoints/).")
-    roots = [("local", run / "checkpoints")]
+    roots = [("local", run / _ckpt.CHECKPOINTS_DIR)]
     if mirror_dir:
         roots.append(("mirror", _mirror_root(mirror_dir)))
     rows = []

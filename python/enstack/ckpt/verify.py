@@ -10,102 +10,46 @@ the AdamW moments fit the weights.
 from __future__ import annotations
 
 import json
-import math
-import mmap
 import os
-import shutil
-import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from enstack._C import CheckpointError
+from enstack._C import CheckpointError, ModelError
 from enstack._C import ckpt as _ckpt
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["check_files", "check_manifest", "foreign_hint", "read_json", "read_manifest", "read_safetensors", "section", "verify"]
+__all__ = ["check_files", "check_manifest", "foreign_hint", "read_json", "read_manifest", "read_safetensors", "section",
+           "state_problem", "verify"]
 
-MANIFEST = "MANIFEST.json"
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
-_MAX_HEADER = 100 * 2**20
-STATE_KEYS = ("epoch", "batch_cursor", "global_step", "skipped_steps", "epochs_completed", "finished",
-              "early_stopped", "best_metric", "best_step", "patience_counter", "num_threads",
-              "train_fingerprint", "eval_fingerprint", "config_fingerprint")
+# The format's names, defined once in C++ (enstack/train/checkpoint_format.h).
+MANIFEST = _ckpt.MANIFEST_FILE
+
+
+def state_problem(state: Any) -> Optional[str]:
+    """Why a trainer_state.json ``state`` would not resume (read by the C++ schema), or None."""
+    try:
+        _ckpt.trainer_state(state)
+        return None
+    except CheckpointError as e:
+        return str(e)
 
 
 # -- safetensors, read strictly -------------------------------------------------------------------
 def read_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
     """Every tensor of a safetensors file, loaded in full (copies, detached from the file).
 
-    Stricter than loaders that read lazily: the header must be a JSON object whose
-    entries have known dtypes, shapes that match their byte ranges, and byte ranges
-    that tile the data section exactly. Raises ``CheckpointError`` saying what is wrong.
+    Read by the C++ reader that resume uses, which checks the header strictly (known
+    dtypes, shapes that match their byte ranges, ranges inside the data section and not
+    overlapping). Raises ``CheckpointError`` saying what is wrong.
     """
-    path = Path(path)
-
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a valid safetensors file: {what}. The file is damaged; "
-                               "use an older checkpoint.")
-
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise bad(f"{size} bytes, shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(size - 8, _MAX_HEADER):
-            raise bad(f"header length {n} does not fit the {size}-byte file")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise bad(f"the header is not JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise bad("the header is not a JSON object")
-        header.pop("__metadata__", None)
-        data_len = size - 8 - n
-        spans: List[Tuple[int, int, str]] = []
-        for name, entry in header.items():
-            try:
-                dtype = _DTYPES[entry["dtype"]]
-                shape = [int(d) for d in entry["shape"]]
-                begin, end = (int(x) for x in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise bad(f"tensor '{name}' has a malformed entry {str(entry)[:120]}") from None
-            numel = math.prod(shape)
-            if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_len:
-                raise bad(f"tensor '{name}' has shape {shape} and bytes {begin}..{end} of {data_len}")
-            if end - begin != numel * dtype.itemsize:
-                raise bad(f"tensor '{name}' of shape {shape} {entry['dtype']} needs {numel * dtype.itemsize} "
-                          f"bytes, its range has {end - begin}")
-            spans.append((begin, end, name))
-        spans.sort()
-        cursor = 0
-        for begin, end, name in spans:
-            if begin != cursor:
-                raise bad(f"tensor '{name}' starts at byte {begin}, expected {cursor} (overlap or gap)")
-            cursor = end
-        if cursor != data_len:
-            raise bad(f"the tensors cover {cursor} of {data_len} data bytes")
-        if data_len == 0:
-            return {name: torch.empty([int(d) for d in header[name]["shape"]], dtype=_DTYPES[header[name]["dtype"]])
-                    for name in header}
-        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     try:
-        return {name: _copy_out(buffer, header[name], 8 + n + begin) for begin, _, name in spans}
-    finally:
-        buffer.close()
-
-
-def _copy_out(buffer: mmap.mmap, entry: Dict[str, Any], offset: int) -> torch.Tensor:
-    dtype, shape = _DTYPES[entry["dtype"]], [int(d) for d in entry["shape"]]
-    count = math.prod(shape)
-    if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape).clone()
+        return _ckpt.read_safetensors(str(path))
+    except ModelError as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e} The file is damaged; use an older "
+                              "checkpoint.") from None
 
 
 # -- files against the manifest -------------------------------------------------------------------
@@ -123,21 +67,12 @@ def read_manifest(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
 
 
 def _checksum_matches(path: Path, entry: Dict[str, Any]) -> Optional[str]:
-    """Checks one file's checksum with the C++ verifier (a one-file manifest in a scratch dir)."""
-    scratch = Path(tempfile.mkdtemp(prefix="enstack-verify-"))
+    """One file against its manifest entry, with the checksum the C++ writer records."""
     try:
-        os.symlink(path.resolve(), scratch / "file")
-        manifest = {"format": "enstack-checkpoint", "version": 1, "step": 0, "kind": "file",
-                    "files": [dict(entry, name="file")], "extra": {}}
-        (scratch / MANIFEST).write_text(json.dumps(manifest))
-        _ckpt.verify(str(scratch))
-        return None
-    except CheckpointError:
-        return "checksum mismatch (corrupted)"
-    except OSError as e:
+        matches = _ckpt.file_checksum(str(path)) == entry.get(_ckpt.MANIFEST_CHECKSUM_KEY)
+        return None if matches else "checksum mismatch (corrupted)"
+    except (CheckpointError, OSError) as e:
         return f"checksum not checked ({e})"
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def member(path: Path, name: str) -> Optional[Path]:
@@ -262,7 +197,7 @@ def verify(path: PathLike) -> Dict[str, Any]:
         bad = [k for k, t in loaded[name].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
             problems.append(f"{name}: non-finite values in {', '.join(bad[:5])}")
-    if "model.safetensors" in loaded and (path / "config.json").is_file():
+    if _ckpt.MODEL_FILE in loaded and (path / _ckpt.CONFIG_FILE).is_file():
         try:
             from enstack import model as es_model
 
@@ -276,25 +211,26 @@ def verify(path: PathLike) -> Dict[str, Any]:
 
 def _full_state_problems(path: Path, loaded: Dict[str, Dict[str, torch.Tensor]]) -> List[str]:
     problems: List[str] = []
-    doc = read_json(path / "trainer_state.json", problems)
+    doc = read_json(path / _ckpt.STATE_FILE, problems)
     if doc is None and not problems:
-        problems.append("trainer_state.json is missing")
+        problems.append(f"{_ckpt.STATE_FILE} is missing")
     elif doc is not None:
         state = section(doc, "state")
-        missing = [k for k in STATE_KEYS if k not in state]
-        if missing:
-            problems.append(f"trainer_state.json lacks {', '.join(missing)}")
-        if isinstance(state.get("swa_count"), int) and state["swa_count"] > 0 and "swa.safetensors" not in loaded:
-            problems.append(f"trainer_state.json records {state['swa_count']} SWA updates but swa.safetensors "
-                            "is missing or unreadable")
-    weights, extra = loaded.get("model.safetensors"), loaded.get("optimizer.safetensors")
+        why = state_problem(state)
+        if why:
+            problems.append(why)
+        swa = state.get("swa_count")
+        if isinstance(swa, int) and swa > 0 and _ckpt.SWA_FILE not in loaded:
+            problems.append(f"{_ckpt.STATE_FILE} records {swa} SWA updates but {_ckpt.SWA_FILE} is missing or "
+                            "unreadable")
+    weights, extra = loaded.get(_ckpt.MODEL_FILE), loaded.get(_ckpt.OPTIMIZER_FILE)
     if weights is not None and extra is not None:
-        if "rng.cpu" not in extra:
-            problems.append("optimizer.safetensors lacks the RNG state rng.cpu")
+        if _ckpt.RNG_CPU_KEY not in extra:
+            problems.append(f"{_ckpt.OPTIMIZER_FILE} lacks the RNG state {_ckpt.RNG_CPU_KEY}")
         for name, w in weights.items():
             for suffix in (".exp_avg", ".exp_avg_sq"):
                 m = extra.get(name + suffix)
                 if m is None or m.shape != w.shape:
-                    problems.append(f"optimizer.safetensors: {name + suffix} is missing or mis-shaped")
+                    problems.append(f"{_ckpt.OPTIMIZER_FILE}: {name + suffix} is missing or mis-shaped")
                     break
     return problems
