@@ -170,7 +170,7 @@ def worker_enstack(spec: Dict[str, Any]) -> Dict[str, Any]:
     o = dict(spec["overrides"], **{"data.group_by_length": spec["grouped"]})
     shutil.rmtree(Path(o["run.output_dir"]) / "checkpoints", ignore_errors=True)
     trainer = enstack.Trainer(enstack.load_config(str(DEMO_CONFIG), overrides=o))
-    trainer._setup(progress=False)  # prepare (reuses the store built by the parent) + model: not timed
+    prepared = trainer.prepare()  # prepare (reuses the store built by the parent) + model: not timed
     marks: Dict[str, Any] = {"logs": 0, "saves": []}
 
     def on_record(r):
@@ -192,7 +192,7 @@ def worker_enstack(spec: Dict[str, Any]) -> Dict[str, Any]:
     # The padded tokens the loader produced: the epoch plan is a pure function of (seed, epoch, data).
     from enstack._C.data import EpochPlan
 
-    store = trainer._splits["train"].open()
+    store = prepared.splits["train"].open()
     lengths = store.lengths().tolist()
     plan = EpochPlan(len(store), spec["batch_size"], spec["seed"], 0, True, spec["grouped"], store.lengths())
     padded = sum(-(-max(lengths[i] for i in plan.batch(k)) // 8) * 8 * plan.batch_size_of(k)

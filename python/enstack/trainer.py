@@ -16,7 +16,8 @@ import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -33,7 +34,7 @@ from enstack.monitor.progress import ProgressBar
 
 log = logging.getLogger("enstack")
 
-__all__ = ["FitResult", "Trainer"]
+__all__ = ["FitResult", "Prepared", "Trainer"]
 
 
 @dataclass
@@ -70,32 +71,58 @@ class FitResult:
                    extra={k: v for k, v in out.items() if k not in names})
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What ``Trainer.prepare()`` returns: everything the trainer's fit, evaluation and prediction run on."""
+
+    #: Split name (``train``, ``validation``, ``test``, or those given to ``Trainer(splits=...)``) ->
+    #: ``enstack.data.prepare.PreparedSplit`` (``open()`` gives its token store; ``ids``, ``label_names``).
+    splits: Mapping[str, Any]
+    #: The model (``enstack.model.EncoderClassifier``) the native trainer trains and predicts with.
+    model: Any
+    #: The native trainer (``enstack._C.train.Trainer``): ``fit``, ``evaluate``, ``predict(store, batch_size,
+    #: output)``.
+    native: Any
+    #: The device it runs on (run.device with ``auto`` resolved): ``cpu``, ``cuda`` or ``cuda:N``.
+    device: str
+    #: train.precision with ``auto`` resolved for the device: ``fp32``, ``bf16`` or ``fp16``.
+    precision: str
+
+    @property
+    def label_names(self) -> List[str]:
+        """The class names, in label-index order (the probability columns)."""
+        return list(self.splits["train"].label_names)
+
+
 class Trainer:
     """Fine-tunes one encoder classifier as described by a ``Config``."""
 
-    def __init__(self, cfg: Config, checkpoint: Optional[str] = None, allow_changes: bool = False):
+    def __init__(self, cfg: Config, checkpoint: Optional[str] = None, allow_changes: bool = False,
+                 splits: Optional[Mapping[str, Any]] = None):
         """``checkpoint`` starts from saved weights instead of ``model.name_or_path`` (for
         ``evaluate``/``predict``): ``best``, ``last``, ``swa`` or a checkpoint directory. A run's
         checkpoints are scored on the data the run was prepared with: a config whose data differs
         is refused with a ``DataError`` unless ``allow_changes`` (the new data is then tokenized
-        with the run's tokenizer, and the run's token stores are rebuilt for it)."""
+        with the run's tokenizer, and the run's token stores are rebuilt for it).
+
+        ``splits`` (name -> ``enstack.data.prepare.PreparedSplit``) trains on these token stores
+        instead of preparing the config's data: ``train`` is trained on, ``validation`` (when
+        given) evaluated, and every split can be predicted (e.g. a stacking fold's stores)."""
         if not isinstance(cfg, Config):
             raise ConfigError("Trainer needs an enstack.Config; load one with enstack.load_config(path).")
+        if splits is not None and "train" not in splits:
+            raise ConfigError(f"Trainer(splits=...) needs a 'train' split, got {sorted(splits)}.")
         colab.check_drive_paths(cfg)  # before anything is written to an unmounted Drive path
         self.cfg = cfg
         self.checkpoint = checkpoint
         self._score_changed_data = allow_changes
+        self._given_splits = dict(splits) if splits is not None else None
         self._native = None
         self._splits = None
         self._source: Optional[Path] = None
         self._verified: Dict[str, str] = {}
 
     # -- setup -----------------------------------------------------------------------------------
-    def _device(self) -> str:
-        return resolve_device(self.cfg)
-
-    def _precision(self, device: str) -> str:
-        return resolve_precision(self.cfg, device)
 
     def _build_model(self, label_names: List[str], vocab_size: int) -> es_model.EncoderClassifier:
         m = self.cfg.model
@@ -127,17 +154,22 @@ class Trainer:
         allow_changes = bool(allow_changes)
         if self.checkpoint is not None and not self._score_changed_data:
             self._refuse_changed_data()
-        self._splits = _prepare.prepare(self.cfg, progress=progress)
+        if self._given_splits is not None:
+            self._splits = dict(self._given_splits)
+        else:
+            self._splits = _prepare.prepare(self.cfg, progress=progress)
         train = self._splits["train"]
         store = train.open()
         vocab = store.info["vocab_size"]
         pad_id = self._pad_id()
         model = self._build_model(train.label_names, vocab)
-        device = self._device()
+        device = resolve_device(self.cfg)
         eval_split = self._splits.get("validation")
         self._native = _train.Trainer(model, store, eval_split.open() if eval_split else None,
                                       trainer_options(self.cfg, device, pad_id, train.label_names, allow_changes))
         self._allow_changes = allow_changes
+        self._prepared = Prepared(splits=MappingProxyType(self._splits), model=model, native=self._native,
+                                  device=device, precision=resolve_precision(self.cfg, device))
         self.model = model
 
     def _refuse_changed_data(self) -> None:
@@ -161,6 +193,20 @@ class Trainer:
         return 1
 
     # -- public API ------------------------------------------------------------------------------
+    def prepare(self, progress: bool = False) -> Prepared:
+        """Prepares what this trainer runs on and returns it (a ``Prepared``): the splits' token
+        stores (the config's data, tokenized and stored once, or the splits given to the
+        constructor), the model (from ``model.name_or_path``, or ``checkpoint``'s weights), the
+        native trainer with the config's options, and the resolved device and precision.
+
+        Done once: later calls, ``fit``, ``evaluate`` and ``predict`` reuse it (a ``fit`` with
+        ``allow_changes`` after a refused one prepares again). ``progress`` shows tokenization
+        progress. Scoring a checkpoint on changed data is refused here as in the constructor's
+        ``allow_changes``.
+        """
+        self._setup(progress)
+        return self._prepared
+
     def fit(self, resume: bool = True, callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
             progress: bool = True, tensorboard: bool = True, plots: bool = True,
             allow_changes: bool = False, take_over_mirror: bool = False) -> FitResult:
@@ -221,7 +267,7 @@ class Trainer:
                 monitor.close()
         result = FitResult.from_native(out)
         if plots:
-            self._write_plots(result.global_step)
+            self.write_plots(result.global_step)
         return result
 
     def _set_aside_previous_checkpoints(self) -> None:
@@ -349,7 +395,10 @@ class Trainer:
                 monitors.append(TensorBoardLogger(out_dir / "logs", label_names=self._splits["train"].label_names))
         return monitors
 
-    def _write_plots(self, step: int) -> None:
+    def write_plots(self, step: int) -> None:
+        """Draws the run's training curves, and the confusion matrices and ROC curves of the current
+        model on the validation split, into ``<output_dir>/metrics`` (what ``fit(plots=True)`` does at
+        its end; ``step`` labels them). A failure is logged, never raised."""
         from enstack.monitor import plots
 
         out_dir = Path(self.cfg.run.output_dir)

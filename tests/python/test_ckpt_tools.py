@@ -284,10 +284,10 @@ def _hf_model(cfg):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     trainer = enstack.Trainer(cfg)
-    trainer._setup(progress=False)
+    prepared = trainer.prepare()
     torch.manual_seed(0)
     hf = RobertaForSequenceClassification(RobertaConfig(**enstack.model.config_of(trainer.model)))
-    return hf, len(trainer._splits["train"].open()), [n for n, _ in trainer.model.named_parameters()]
+    return hf, len(prepared.splits["train"].open()), [n for n, _ in trainer.model.named_parameters()]
 
 
 def test_import_of_a_transformers_trainer_checkpoint_resumes_with_its_weights_and_moments(data_files, tmp_path):

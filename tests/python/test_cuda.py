@@ -76,7 +76,7 @@ OOM = textwrap.dedent("""
     import enstack
     cfg = enstack.load_config("configs/demo.yaml", overrides=json.loads(sys.argv[1]))
     trainer = enstack.Trainer(cfg)
-    trainer._setup(progress=False)
+    trainer.prepare()
     torch.cuda.set_per_process_memory_fraction(float(sys.argv[2]))  # a small GPU, as the allocator sees it
     try:
         print("TRAINED", trainer.fit(resume=False, progress=False, tensorboard=False, plots=False).global_step)

@@ -135,7 +135,7 @@ def test_trainer_builds_a_from_scratch_model_from_a_hub_id(monkeypatch, tmp_path
     synthetic.write_jsonl(tmp_path / "functions.jsonl", 60, seed=2)
     ov = overrides(tmp_path, tmp_path / "run", **{"model.name_or_path": "enstack-test/tiny"})
     trainer = enstack.Trainer(enstack.load_config("configs/demo.yaml", overrides=ov))
-    trainer._setup(progress=False)
+    trainer.prepare()
     assert enstack.model.config_of(trainer.model)["hidden_size"] == TINY["hidden_size"]
     assert calls and all("model.safetensors" not in c["allow_patterns"] for c in calls)  # config only
 

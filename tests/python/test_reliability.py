@@ -58,7 +58,7 @@ LIMITED = textwrap.dedent("""
     import enstack
     cfg = enstack.load_config("configs/demo.yaml", overrides=json.loads(sys.argv[1]))
     trainer = enstack.Trainer(cfg)
-    trainer._setup(progress=False)  # data, tokenizer and model are ready: what follows is training
+    trainer.prepare()  # data, tokenizer and model are ready: what follows is training
     # The address space this process has now, plus less than one training step needs.
     size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (size + 768 * 2**20, resource.RLIM_INFINITY))

@@ -74,9 +74,9 @@ def test_first_steps_equal_a_plain_pytorch_loop(data_files, tmp_path, precision,
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else contextlib.nullcontext
     trainer = enstack.Trainer(cfg)
-    trainer._setup(progress=False)
-    store = trainer._splits["train"].open()
-    names = trainer._splits["train"].label_names
+    prepared = trainer.prepare()
+    store = prepared.splits["train"].open()
+    names = prepared.splits["train"].label_names
     # The reference starts from the same initial weights, built independently.
     torch.manual_seed(cfg.run.seed)
     tiny = dict(TINY, vocab_size=store.info["vocab_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -272,7 +272,7 @@ def test_stopping_writes_recovery_and_resume_continues_exactly(data_files, tmp_p
 def test_eval_metrics_best_model_and_result(data_files, tmp_path):
     trainer = enstack.Trainer(config(data_files, tmp_path / "run", **{"train.epochs": 1}))
     result = trainer.fit(progress=False)
-    validation = trainer._splits["validation"]
+    validation = trainer.prepare().splits["validation"]
     assert result.best_eval is not None and result.last_eval["count"] == len(validation.ids)
     # Evaluations every 5 steps; the final metrics equal scikit-learn's on the model's predictions.
     metrics = sorted((tmp_path / "run" / "metrics").glob("eval-step-*.json"))
@@ -321,10 +321,10 @@ def test_ctrl_c_writes_recovery_and_the_cli_exits_130(data_files, tmp_path):
 
 def test_predict_restores_the_store_order_after_length_sorting(data_files, tmp_path):
     trainer = enstack.Trainer(config(data_files, tmp_path / "run"))
-    trainer._setup(progress=False)
-    store = trainer._splits["train"].open()
-    probs = trainer._native.predict(store, 3)
-    logits = trainer._native.predict(store, 5, "logits")
+    prepared = trainer.prepare()
+    store = prepared.splits["train"].open()
+    probs = prepared.native.predict(store, 3)
+    logits = prepared.native.predict(store, 5, "logits")
     trainer.model.eval()
     with torch.no_grad():  # one example at a time, in the store's order: no padding, no sorting
         reference = torch.cat([trainer.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
@@ -332,4 +332,4 @@ def test_predict_restores_the_store_order_after_length_sorting(data_files, tmp_p
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(probs, torch.softmax(reference, 1), atol=1e-6, rtol=1e-5)
     with pytest.raises(enstack.ConfigError, match="probabilities"):
-        trainer._native.predict(store, 0, "scores")
+        prepared.native.predict(store, 0, "scores")

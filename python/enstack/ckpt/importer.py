@@ -215,7 +215,7 @@ def import_checkpoint(source: PathLike, cfg, progress: bool = False) -> Path:
         raise ConfigError(f"the run already has a checkpoint that would resume instead ({existing}); import into "
                           "a new run.output_dir (and mirror_dir) so the imported state is the one that resumes.")
     trainer = Trainer(cfg)
-    trainer._setup(progress)  # the exact model, token stores and options that fit(resume=True) will use
+    prepared = trainer.prepare(progress)  # the exact model, token stores and options fit(resume=True) will use
     src_model = es_model.load(src_dir)
     _check_labels(es_model.config_of(src_model), es_model.config_of(trainer.model))
     weights = {k: v.detach().float().contiguous() for k, v in src_model.state_dict().items()}
@@ -230,7 +230,7 @@ def import_checkpoint(source: PathLike, cfg, progress: bool = False) -> Path:
     moments, order_label = _map_moments(src["optimizer"], shapes, names,
                                         json.loads((src_dir / "config.json").read_text()))
 
-    splits: Dict[str, Any] = trainer._splits or {}
+    splits = prepared.splits
     t, train = cfg.train, splits["train"].open()
     windows = EpochPlan(len(train), t.batch_size, cfg.run.seed, 0).windows(t.grad_accum)
     per_epoch, batches = len(windows), -(-len(train) // t.batch_size)
@@ -255,7 +255,7 @@ def import_checkpoint(source: PathLike, cfg, progress: bool = False) -> Path:
     lr = t.learning_rate * lr_multiplier(t.lr_schedule, step, warmup, total_steps)
     old_lr = (src.get("scheduler") or {}).get("_last_lr")
 
-    precision = trainer._precision(trainer._device())
+    precision = prepared.precision
     extra = dict(moments, **{"rng.cpu": torch.Generator().manual_seed(cfg.run.seed).get_state()})
     if precision == "fp16":
         scaler = src.get("scaler") or {}

@@ -96,7 +96,7 @@ def _eval_plots(cfg, trainer, split: str, tag: str) -> None:
     from enstack.monitor import plots
 
     probs = trainer.predict(split).float().numpy()
-    labels = trainer._splits[split].open().all_labels().reshape(-1).numpy()
+    labels = trainer.prepare().splits[split].open().all_labels().reshape(-1).numpy()
     out = Path(cfg.run.output_dir) / "metrics"
     names = trainer.label_names()
     n = probs.shape[1]
@@ -164,7 +164,7 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         split = args.split or "test"
         probs = trainer.predict(split)
-        prepared = trainer._splits[split]
+        prepared = trainer.prepare().splits[split]
         true = prepared.open().all_labels()
         ids, labels = prepared.ids, true.tolist() if true.dim() == 1 else None  # multilabel: no single class
         what = f"the {split} split ({len(ids):,} functions)"

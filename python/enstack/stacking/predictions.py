@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -33,6 +34,9 @@ from enstack._C import ckpt as _ckpt
 from enstack.files import atomic_write
 
 log = logging.getLogger("enstack")
+
+# The checkpoint identity whose weights each trainer's model holds (loaded by predict_split).
+_loaded: "weakref.WeakKeyDictionary[Any, Dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 __all__ = ["CHECKPOINTS", "OUTPUTS", "PredictionSet", "checkpoint_dir", "checkpoint_identity", "load",
            "predict_split", "save"]
@@ -208,10 +212,10 @@ def data_key_of(store_path: os.PathLike) -> str:
 
 def _native_predict(trainer, store, batch_size: int, output: str) -> np.ndarray:
     if output == "probabilities":
-        result = trainer._native.predict(store, batch_size)
+        result = trainer.prepare().native.predict(store, batch_size)
     else:
         try:
-            result = trainer._native.predict(store, batch_size, output=output)
+            result = trainer.prepare().native.predict(store, batch_size, output=output)
         except TypeError:
             raise ModelError("this build of enstack's core predicts probabilities only; logits need the rebuilt "
                              "core (`make build`), or use stack.features: probabilities.") from None
@@ -224,12 +228,12 @@ def predict_split(trainer, split: str, checkpoint: str = "best", logits: bool = 
     # The checkpoint first: a missing one is a quick, clear error before any data is prepared.
     ckpt_dir = checkpoint_dir(trainer.cfg, checkpoint)
     identity = checkpoint_identity(ckpt_dir, checkpoint)
-    trainer._setup(progress=False)
-    if split not in trainer._splits:
+    splits = trainer.prepare().splits
+    if split not in splits:
         raise DataError(f"{model or trainer.cfg.run.name}: there is no '{split}' split (the data has "
-                        f"{sorted(trainer._splits)}); stacking needs validation and test splits: set data.test or "
+                        f"{sorted(splits)}); stacking needs validation and test splits: set data.test or "
                         "a test share in data.split.")
-    prepared = trainer._splits[split]
+    prepared = splits[split]
     out_dir = Path(out_dir) if out_dir is not None else Path(trainer.cfg.run.output_dir) / "predictions" / checkpoint
     wanted = ("probabilities", "logits") if logits else ("probabilities",)
     try:
@@ -240,11 +244,11 @@ def predict_split(trainer, split: str, checkpoint: str = "best", logits: bool = 
         log.info("%s predictions in %s are stale (other weights or data); predicting again", split, out_dir)
     except DataError:
         pass
-    if getattr(trainer, "_stack_loaded", None) != identity:
+    if _loaded.get(trainer) != identity:
         from enstack import model as es_model
 
         trainer.model.load_state_dict(es_model.load(str(ckpt_dir)).state_dict())
-        trainer._stack_loaded = identity
+        _loaded[trainer] = identity
     store = prepared.open()
     batch = batch_size or trainer.cfg.train.batch_size
     outputs = {kind: _native_predict(trainer, store, batch, kind) for kind in wanted}

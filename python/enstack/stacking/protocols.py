@@ -68,7 +68,7 @@ def _fit(trainer: Trainer, progress: bool) -> None:
     result = trainer.fit(resume=True, progress=progress, plots=False,
                          callback=lambda r: trained.append(True) if r.get("event") in ("log", "eval", "save") else None)
     if trained:
-        trainer._write_plots(result.global_step)
+        trainer.write_plots(result.global_step)
 
 
 # ---------------------------------------------------------------- oof
@@ -151,29 +151,6 @@ def out_of_fold(models: Sequence[str], pool: Pool, test: Pool, folds: int, seed:
                        checkpoints=checkpoints)
 
 
-class _FoldTrainer(Trainer):
-    """A Trainer over given token stores (a fold's), training without evaluation."""
-
-    def __init__(self, cfg, splits: Dict[str, Any]):
-        super().__init__(cfg)
-        self._given = splits
-
-    def _setup(self, progress: bool, allow_changes=None):
-        if self._native is not None:
-            return
-        from enstack._C import train as _train
-        from enstack.config import trainer_options
-
-        self._splits = self._given
-        train = self._splits["train"]
-        store = train.open()
-        model = self._build_model(train.label_names, store.info["vocab_size"])
-        # the fold's config never changes
-        options = trainer_options(self.cfg, self._device(), self._pad_id(), train.label_names)
-        self._native = _train.Trainer(model, store, None, options)
-        self.model = model
-
-
 class NativeFoldFitter:
     """Fine-tunes a base model on K-1 folds with enstack's trainer, under <out_dir>/oof/<model>/fold-<k>/."""
 
@@ -217,7 +194,7 @@ class NativeFoldFitter:
                  "test": splits["test"]}
         fold_cfg = cfg.with_overrides({"run.output_dir": str(fold_dir), "run.mirror_dir": None,
                                        "train.metric_for_best": None, "train.early_stopping.patience": None})
-        trainer = _FoldTrainer(fold_cfg, given)
+        trainer = Trainer(fold_cfg, splits=given)  # no validation split: the fold model evaluates nothing
         log.info("base model %s, fold %d/%d: training on %d functions", task.model, task.fold + 1, task.folds,
                  len(task.train_rows))
         _fit(trainer, self.progress)
