@@ -47,8 +47,15 @@ def install() -> None:
     atexit.register(_C.util.forward_logs_to_python, False)
 
 
-_LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "warn": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
+#: enstack's log levels, most verbose first: run.log_level, ``--log-level`` and ``set_log_level``
+#: (the C++ core's names are the same).
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "off")
+#: The levels as help texts list them: "trace, debug, ... or off".
+LOG_LEVELS_TEXT = f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}"
+
+# Python logging levels of LOG_LEVELS ("warn" is accepted for warning).
+_LEVELS = dict(zip(LOG_LEVELS, (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR,
+                                logging.CRITICAL + 10)), warn=logging.WARNING)
 
 
 def set_log_level(level: str) -> None:

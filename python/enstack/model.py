@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -23,7 +23,7 @@ from enstack._C.model import EncoderClassifier
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["EncoderClassifier", "config_of", "from_config", "load"]
+__all__ = ["EncoderClassifier", "config_of", "from_config", "load", "load_pickled"]
 
 
 def load(model_dir: PathLike, num_labels: Optional[int] = None) -> EncoderClassifier:
@@ -45,17 +45,21 @@ def load(model_dir: PathLike, num_labels: Optional[int] = None) -> EncoderClassi
     return _C.model.from_state(str(path / "config.json"), _read_pickled_weights(path), num_labels)
 
 
+def load_pickled(path: PathLike, error: type = ModelError, advice: str = "") -> Any:
+    """The contents of a pickled file (``pytorch_model.bin``, ``optimizer.pt``, ...), read with
+    ``torch.load(weights_only=True)``: tensors and plain values only, never arbitrary objects. This is
+    the only place enstack unpickles. A file it cannot read raises ``error`` naming it, then ``advice``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise error(f"cannot read '{path}' with torch.load(weights_only=True): {e}. {advice}".rstrip()) from e
+
+
 def _read_pickled_weights(path: Path) -> Mapping[str, torch.Tensor]:
     if not (path / "config.json").exists():
         raise ModelError(f"no config.json in '{path}'; a Hugging Face model directory needs one.")
-    try:
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise ModelError(
-            f"cannot read '{path / 'pytorch_model.bin'}' with torch.load(weights_only=True): {e}. "
-            "The file is corrupted or holds more than tensors; re-download it or convert it to "
-            "model.safetensors."
-        ) from e
+    state = load_pickled(path / "pytorch_model.bin", ModelError, "The file is corrupted or holds more than tensors; "
+                         "re-download it or convert it to model.safetensors.")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"'{path / 'pytorch_model.bin'}' does not hold a name -> tensor mapping.")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

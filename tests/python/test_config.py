@@ -356,3 +356,19 @@ def test_configs_are_immutable():
     c = Config()
     with pytest.raises(AttributeError):
         c.train.epochs = 3  # type: ignore[misc]
+
+
+def test_label_names_and_log_levels_have_one_definition():
+    from enstack import _logging
+    from enstack.data import ingest, synthetic
+
+    # The YAML lists every key for reading, so it repeats the default: it must equal it.
+    raw = yaml.safe_load((CONFIGS / "defaults.yaml").read_text())
+    assert tuple(raw["data"]["label_columns"]) == Config().data.label_columns == ENSTACK5_LABELS
+    assert ingest.VDISC_LABELS == synthetic.CLASSES == list(ENSTACK5_LABELS)
+    for level in _logging.LOG_LEVELS:
+        assert Config.from_dict({"run": {"log_level": level}}, validate=False).run.log_level == level
+        enstack.set_log_level(level)
+    enstack.set_log_level("info")
+    with pytest.raises(enstack.ConfigError, match="log_level"):
+        Config.from_dict({"run": {"log_level": "verbose"}}, validate=False)

@@ -486,3 +486,23 @@ def test_end_to_end_with_real_base_models_paper_then_oof(tmp_path, capsys):
                   for s in ("train", "validation")]
         assert sorted(pool) == sorted(stores[0] + stores[1])
     assert len(report.best_row["models"]) >= 1 and report.rows[0]["count"] == len(preds["labels"])
+
+
+def test_compute_metrics_takes_probabilities_then_labels_like_the_native_one():
+    from enstack._C.train import compute_metrics as native
+    from enstack.stacking import compute_metrics
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=40)
+    labels = rng.integers(0, 3, size=40)
+    ours = compute_metrics(probs, labels)
+    theirs = native(torch_tensor(probs), torch_tensor(labels))
+    assert ours["accuracy"] == pytest.approx(theirs["accuracy"]) and ours["count"] == 40
+    with pytest.warns(DeprecationWarning, match="probabilities, labels"):
+        assert compute_metrics(labels, probs) == ours  # the earlier order still works
+
+
+def torch_tensor(a):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))

@@ -52,12 +52,10 @@ def hf_decay_parameter_names(names: List[str]) -> List[str]:
 
 
 def _load_pickled(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
-        raise CheckpointError(
-            f"cannot read {path} with torch.load(weights_only=True): {e}. It is damaged or holds more than "
-            "tensors and plain values; enstack does not unpickle arbitrary objects.") from e
+    from enstack.model import load_pickled
+
+    return load_pickled(path, CheckpointError, "It is damaged or holds more than tensors and plain values; "
+                        "enstack does not unpickle arbitrary objects.")
 
 
 def _read_source(src: Path) -> Dict[str, Any]:

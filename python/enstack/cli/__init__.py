@@ -173,9 +173,11 @@ def _saved_summary(result) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from enstack._logging import LOG_LEVELS_TEXT
+
     parser = argparse.ArgumentParser(prog="enstack", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--log-level", default=None, help="trace, debug, info, warning, error or off")
+    parser.add_argument("--log-level", default=None, help=LOG_LEVELS_TEXT)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     doctor = sub.add_parser("doctor", help="print versions, devices and how enstack was built")

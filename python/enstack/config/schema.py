@@ -15,12 +15,15 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple,
 
 import yaml
 
+from enstack._logging import LOG_LEVELS, LOG_LEVELS_TEXT
+
 __all__ = [
     "Config",
     "DataConfig",
     "DEMO_DATA",
     "EarlyStoppingConfig",
     "ENSTACK5_LABELS",
+    "LABEL_POLICIES",
     "ModelConfig",
     "NOT_FINGERPRINTED",
     "RunConfig",
@@ -33,15 +36,18 @@ __all__ = [
     "section_field",
 ]
 
-#: The five VDISC classes of the EnStack paper, in label-index order.
+#: The five VDISC classes of the EnStack paper, in label-index order (the one definition: data
+#: ingestion, the synthetic demo data and the config default use it).
 ENSTACK5_LABELS = ("CWE-119", "CWE-120", "CWE-469", "CWE-476", "CWE-other")
+#: data.label_policy values: how label columns become classes.
+LABEL_POLICIES = ("enstack5", "binary", "multilabel", "class")
 #: ``data.train: demo`` means the embedded synthetic data set, generated under <output_dir>/data/.
 DEMO_DATA = "demo"
 
-LogLevel = Literal["trace", "debug", "info", "warning", "error", "off"]
+LogLevel = Literal[LOG_LEVELS]  # type: ignore[valid-type]
 TokenizerKind = Literal["auto", "bpe", "sentencepiece"]
 DataFormat = Literal["auto", "vdisc_hdf5", "csv", "jsonl", "parquet", "pickle"]
-LabelPolicy = Literal["enstack5", "binary", "multilabel", "class"]
+LabelPolicy = Literal[LABEL_POLICIES]  # type: ignore[valid-type]
 LrSchedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 EvalStrategy = Literal["steps", "epoch"]
@@ -100,7 +106,7 @@ class RunConfig(Section):
     seed: int = doc_field(42, "Seed of weights init, shuffling and dropout; batch order is a function of it.")
     num_threads: int = doc_field(0, "CPU intra-op threads; 0: all cores.")
     device: str = doc_field("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-    log_level: LogLevel = doc_field("info", "trace, debug, info, warning, error or off.")
+    log_level: LogLevel = doc_field("info", f"{LOG_LEVELS_TEXT}.")
 
 
 @dataclass(frozen=True)

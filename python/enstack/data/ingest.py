@@ -33,15 +33,16 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from enstack._C import ConfigError, DataError
+from enstack.config.schema import ENSTACK5_LABELS, LABEL_POLICIES
 from enstack.data import formats
 from enstack.data.formats import Scan, clean_text
 
 __all__ = ["IngestReport", "RawSplit", "load_split", "split_stratified", "VDISC_LABELS",
            "BINARY_LABELS", "PAPER_COUNTS"]
 
-VDISC_LABELS = ["CWE-119", "CWE-120", "CWE-469", "CWE-476", "CWE-other"]
+VDISC_LABELS = list(ENSTACK5_LABELS)
 BINARY_LABELS = ["not-vulnerable", "vulnerable"]
-POLICIES = ("enstack5", "binary", "multilabel", "class")
+POLICIES = LABEL_POLICIES
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation",
                   "val": "validation", "dev": "validation", "test": "test"}
@@ -344,20 +345,18 @@ def _collect_texts(reader, spec: _Spec, rows: np.ndarray, chunk_rows: int) -> Li
 _MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(x: int) -> int:
-    z = (x + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def mix64(values: np.ndarray, seed: int) -> np.ndarray:
-    """SplitMix64 of (non-negative integer values + a seed-derived offset), vectorised (wraps mod 2**64)."""
-    z = np.asarray(values, dtype=np.uint64).reshape(-1) + np.uint64(_splitmix64(int(seed) & _MASK64))
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function of each uint64 (arrays wrap mod 2**64 without warnings)."""
     z = z + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+def mix64(values: np.ndarray, seed: int) -> np.ndarray:
+    """SplitMix64 of (non-negative integer values + a seed-derived offset), vectorised (wraps mod 2**64)."""
+    offset = _splitmix64(np.array([int(seed) & _MASK64], dtype=np.uint64))
+    return _splitmix64(np.asarray(values, dtype=np.uint64).reshape(-1) + offset)
 
 
 def split_stratified(raw: RawSplit, ratios: Union[Sequence[float], Mapping[str, float]] = (0.8, 0.1, 0.1),

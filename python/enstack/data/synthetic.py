@@ -32,11 +32,12 @@ from string import Template
 from typing import Dict, List, Union
 
 from enstack._C import ConfigError, DataError
+from enstack.config.schema import ENSTACK5_LABELS
 from enstack.files import atomic_write
 
 __all__ = ["CLASSES", "generate", "make_function", "write_jsonl", "write_vdisc_hdf5"]
 
-CLASSES = ["CWE-119", "CWE-120", "CWE-469", "CWE-476", "CWE-other"]
+CLASSES = list(ENSTACK5_LABELS)
 
 # Templates: first line is the signature, the rest the body (4-space indent, K&R braces).
 # "@<vulnerable@|safe@>" marks where the twins differ; $name placeholders are filled per function.

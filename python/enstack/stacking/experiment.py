@@ -57,7 +57,7 @@ def run_table(ds: MetaDataset, output_dir: Union[str, os.PathLike], meta_classif
     for m in ds.models:
         key = f"{m}:base"
         probabilities[key] = np.asarray(ds.test.outputs[m]["probabilities"], dtype=np.float64)
-        rows.append(_row(key, [m], None, "base", compute_metrics(y_test, probabilities[key])))
+        rows.append(_row(key, [m], None, "base", compute_metrics(probabilities[key], y_test)))
     for size in range(1, len(ds.models) + 1):
         for combo in itertools.combinations(ds.models, size):
             x_train, names = ds.features("train", combo, features)
@@ -70,7 +70,7 @@ def run_table(ds: MetaDataset, output_dir: Union[str, os.PathLike], meta_classif
                 key = f"{'+'.join(combo)}:{name}"
                 probabilities[key] = model.predict_proba(x_test)
                 model.save(out / "meta" / "+".join(combo) / name)
-                rows.append(_row(key, combo, name, "stack", compute_metrics(y_test, probabilities[key])))
+                rows.append(_row(key, combo, name, "stack", compute_metrics(probabilities[key], y_test)))
                 log.debug("%s: accuracy %.4f", key, rows[-1]["accuracy"])
     best = mark_best(rows, select_by)
     report = StackReport(rows=rows, best=best, select_by=select_by, label_names=list(ds.label_names),

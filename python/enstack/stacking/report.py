@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -28,10 +29,18 @@ _SHOWN = (("accuracy", "Accuracy"), ("precision_weighted", "Precision (w)"), ("r
           ("f1_weighted", "F1 (w)"), ("f1_macro", "F1 (macro)"), ("auc_weighted", "AUC (w)"))
 
 
-def compute_metrics(labels: np.ndarray, probabilities: np.ndarray) -> Dict[str, Any]:
-    """Metrics of class probabilities [N, C] against labels [N] (class indices)."""
+def compute_metrics(probabilities: np.ndarray, labels: np.ndarray) -> Dict[str, Any]:
+    """Metrics of class probabilities [N, C] against labels [N] (class indices).
+
+    The argument order is that of the native ``enstack._C.train.compute_metrics``; the
+    earlier order ``(labels, probabilities)`` still works, with a ``DeprecationWarning``.
+    """
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+    if np.ndim(probabilities) == 1 and np.ndim(labels) == 2:
+        warnings.warn("compute_metrics(labels, probabilities) is deprecated; pass (probabilities, labels)",
+                      DeprecationWarning, stacklevel=2)
+        probabilities, labels = labels, probabilities
     y = np.asarray(labels)
     p = np.asarray(probabilities, dtype=np.float64)
     c = p.shape[1]
