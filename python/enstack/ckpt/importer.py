@@ -206,8 +206,8 @@ def import_checkpoint(source: PathLike, cfg, progress: bool = False) -> Path:
 
     src_dir = Path(source)
     src = _read_source(src_dir)
-    checkpoints = Path(cfg.run.output_dir) / "checkpoints"
-    roots = [checkpoints] + ([Path(cfg.run.mirror_dir) / "checkpoints"] if cfg.run.mirror_dir else [])
+    checkpoints = Path(cfg.run.output_dir) / _ckpt.CHECKPOINTS_DIR
+    roots = [checkpoints] + ([Path(cfg.run.mirror_dir) / _ckpt.CHECKPOINTS_DIR] if cfg.run.mirror_dir else [])
     existing = ckpt_tools.resume_candidate(roots)
     if existing is not None:
         raise ConfigError(f"the run already has a checkpoint that would resume instead ({existing}); import into "
@@ -254,33 +254,28 @@ def import_checkpoint(source: PathLike, cfg, progress: bool = False) -> Path:
     old_lr = (src.get("scheduler") or {}).get("_last_lr")
 
     precision = prepared.precision
-    extra = dict(moments, **{"rng.cpu": torch.Generator().manual_seed(cfg.run.seed).get_state()})
+    extra = dict(moments, **{_ckpt.RNG_CPU_KEY: torch.Generator().manual_seed(cfg.run.seed).get_state()})
     if precision == "fp16":
         scaler = src.get("scaler") or {}
-        extra["scaler.scale"] = torch.tensor(float(scaler.get("scale", 2.0**16)), dtype=torch.float32)
-        extra["scaler.growth_tracker"] = torch.tensor(int(scaler.get("_growth_tracker", 0)), dtype=torch.int32)
+        extra[_ckpt.SCALER_PREFIX + "scale"] = torch.tensor(float(scaler.get("scale", 2.0**16)), dtype=torch.float32)
+        extra[_ckpt.SCALER_PREFIX + "growth_tracker"] = torch.tensor(int(scaler.get("_growth_tracker", 0)),
+                                                                     dtype=torch.int32)
     eval_split = splits.get("validation")
     imported = {"path": str(src_dir.resolve()), "format": src["format"], "global_step": step,
                 "epoch": epoch + share, "parameter_order": order_label}
-    state = {"epoch": epoch, "batch_cursor": cursor, "global_step": step, "skipped_steps": 0,
-             "epochs_completed": epoch, "epoch_complete": cursor == 0, "finished": False, "early_stopped": False,
-             "best_metric": None, "best_step": -1, "patience_counter": 0,
-             "num_threads": cfg.run.num_threads if cfg.run.num_threads > 0 else torch.get_num_threads(),
-             "train_fingerprint": train.fingerprint,
-             "eval_fingerprint": eval_split.open().fingerprint if eval_split else "",
-             "config_fingerprint": cfg.fingerprint(), "last_eval": None, "best_eval": None,
-             "swa_count": 0, "imported_from": imported}
+    # The state of a run that has not started, at the old run's position; the C++ schema
+    # refuses a key it does not know and fills and types the rest.
+    state = dict(_ckpt.default_trainer_state(), epoch=epoch, batch_cursor=cursor, global_step=step,
+                 epochs_completed=epoch,
+                 num_threads=cfg.run.num_threads if cfg.run.num_threads > 0 else torch.get_num_threads(),
+                 train_fingerprint=train.fingerprint,
+                 eval_fingerprint=eval_split.open().fingerprint if eval_split else "",
+                 config_fingerprint=cfg.fingerprint(), imported_from=imported)
     run_options = {"epochs": t.epochs, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
                    "learning_rate": t.learning_rate, "seed": cfg.run.seed, "precision": precision,
                    "lr_schedule": t.lr_schedule, "total_steps": total_steps, "warmup_steps": warmup}
-
-    writer = _ckpt.CheckpointWriter(str(checkpoints / f"step-{step:08d}"))
-    writer.add_json("config.json", es_model.config_of(trainer.model))
-    writer.add_tensors("model.safetensors", weights)
-    writer.add_tensors("optimizer.safetensors", extra)
-    writer.add_json("trainer_state.json", {"state": state, "options": run_options})
-    out = Path(writer.commit(step, "full", {"epoch": epoch, "batch_cursor": cursor, "finished": False,
-                                            "imported_from": imported["path"]}))
+    out = Path(_ckpt.write_full_checkpoint(str(checkpoints), es_model.config_of(trainer.model), weights, extra, state,
+                                           run_options, {"imported_from": imported["path"]}))
     check = ckpt_tools.verify(out)
     if not check["ok"]:
         raise CheckpointError(f"the imported checkpoint {out} does not verify: {'; '.join(check['problems'])}")
