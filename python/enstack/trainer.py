@@ -34,7 +34,16 @@ from enstack.monitor.progress import ProgressBar
 
 log = logging.getLogger("enstack")
 
-__all__ = ["FitResult", "Prepared", "Trainer"]
+__all__ = ["CHECKPOINT_CHOICES", "FitResult", "Prepared", "Trainer", "checkpoint_choice"]
+
+#: The checkpoints of a run that can be loaded by name: ``best/``, the final one (the newest valid
+#: full-state checkpoint; ``last`` is accepted for it) and ``swa/``. Any other value is a directory.
+CHECKPOINT_CHOICES = ("best", "final", "swa")
+
+
+def checkpoint_choice(which: str) -> str:
+    """``which`` in the one spelling of ``CHECKPOINT_CHOICES`` (``last`` -> ``final``)."""
+    return "final" if which == "last" else which
 
 
 @dataclass
@@ -100,7 +109,7 @@ class Trainer:
     def __init__(self, cfg: Config, checkpoint: Optional[str] = None, allow_changes: bool = False,
                  splits: Optional[Mapping[str, Any]] = None):
         """``checkpoint`` starts from saved weights instead of ``model.name_or_path`` (for
-        ``evaluate``/``predict``): ``best``, ``last``, ``swa`` or a checkpoint directory. A run's
+        ``evaluate``/``predict``): ``best``, ``final`` (or ``last``), ``swa`` or a checkpoint directory. A run's
         checkpoints are scored on the data the run was prepared with: a config whose data differs
         is refused with a ``DataError`` unless ``allow_changes`` (the new data is then tokenized
         with the run's tokenizer, and the run's token stores are rebuilt for it).
@@ -333,8 +342,10 @@ class Trainer:
         return list(self._splits["train"].label_names)
 
     def checkpoint_dir(self, which: str = "best") -> str:
-        """A verified checkpoint directory of this run: ``best``, ``last``, ``swa`` or a path."""
-        if which != self.checkpoint:
+        """A verified checkpoint directory of this run: ``best``, ``final`` (the newest valid full
+        checkpoint; ``last`` means the same), ``swa`` or a path."""
+        which = checkpoint_choice(which)
+        if self.checkpoint is None or which != checkpoint_choice(self.checkpoint):
             return self._find_checkpoint(which)
         # The one this Trainer loads from is verified once: verifying reads every byte (checksums),
         # slow for a large model on Drive.
@@ -344,7 +355,7 @@ class Trainer:
 
     def _find_checkpoint(self, which: str) -> str:
         root = Path(self.cfg.run.output_dir) / "checkpoints"
-        if which == "last":
+        if which == "final":
             found = _latest_full_checkpoint(root)
             if found is None:
                 raise CheckpointError(f"no valid checkpoint in {root}; train first (`enstack train CONFIG`).")

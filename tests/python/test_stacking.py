@@ -506,3 +506,18 @@ def torch_tensor(a):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def test_final_is_the_one_word_for_the_newest_full_checkpoint_and_last_means_the_same(tmp_path):
+    from enstack.trainer import CHECKPOINT_CHOICES, checkpoint_choice
+
+    assert CHECKPOINT_CHOICES == P.CHECKPOINTS == ("best", "final", "swa")
+    assert checkpoint_choice("last") == "final" and checkpoint_choice("best") == "best"
+    base = tmp_path / "base.yaml"
+    base.write_text(f"include: {Path('configs/demo.yaml').absolute()}\nrun: {{output_dir: never-trained}}\n"
+                    f"model: {{name_or_path: {Path('configs/models/tiny-roberta.json').absolute()}}}\n")
+    (tmp_path / "s.yaml").write_text("stack:\n  base_models: {a: base.yaml}\n  protocol: oof\n  checkpoint: last\n")
+    assert load_stack_config(tmp_path / "s.yaml").stack.resolved_checkpoint() == "final"
+    cfg = enstack.load_config(base)
+    with pytest.raises(enstack.CheckpointError, match="no complete training checkpoint"):
+        P.checkpoint_dir(cfg, "last")

@@ -166,7 +166,7 @@ def _saved_summary(result) -> str:
         lines.append(f"best model {result.best_dir} (step {result.best_saved_step}{note})")
     else:
         lines.append("best model: none saved")
-    lines.append(f"last checkpoint {result.last_checkpoint}" if result.last_checkpoint else
+    lines.append(f"final checkpoint {result.last_checkpoint}" if result.last_checkpoint else
                  f"no checkpoint saved ({result.save_errors} save errors"
                  f"{', last: ' + result.last_save_error if result.last_save_error else ''})")
     return "\n".join(lines)

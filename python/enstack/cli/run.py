@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-_CHECKPOINT_HELP = "best (default), last (the newest full checkpoint), swa, or a checkpoint directory"
+_CHECKPOINT_HELP = "best (default), final (the newest full checkpoint; also: last), swa, or a checkpoint directory"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

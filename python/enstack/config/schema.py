@@ -214,7 +214,7 @@ class TrainConfig(Section):
     save_steps: Optional[int] = doc_field(None, "Optimizer steps between checkpoints; null: at every evaluation.")
     save_minutes: Optional[float] = doc_field(None, "Also checkpoint at the first step boundary this many minutes of wall "
                                        "time after the last save (Colab users lose time, not steps); null: off.")
-    save_total_limit: Optional[int] = doc_field(2, "step-* checkpoints kept (last/, best/ always are); null: all.")
+    save_total_limit: Optional[int] = doc_field(2, "step-* checkpoints kept (the newest and best/ always are); null: all.")
     logging_steps: int = doc_field(50, "Optimizer steps between log records (and Python callbacks).")
     metric_for_best: Optional[Metric] = doc_field("f1_weighted", "Metric choosing checkpoints/best/ and driving "
                                            "early stopping; null: no best-model tracking.")

@@ -22,6 +22,7 @@ from enstack.config import validate as _v
 from enstack.config.loading import (PathLike, absolute_path, deep_merge, load_config, load_with_includes,
                                     overrides_tree, resolve_paths)
 from enstack.config.schema import Config, RunConfig, Section, doc_field, section_field
+from enstack.trainer import checkpoint_choice
 
 __all__ = ["META_CLASSIFIERS", "StackConfig", "StackSection", "load_stack_config"]
 
@@ -48,7 +49,7 @@ class StackSection(Section):
     folds: int = doc_field(5, "K of the oof protocol (base models are fine-tuned K times).")
     features: Literal["probabilities", "logits", "both"] = doc_field("probabilities", "Meta-features: the base "
                                                               "models' class probabilities (the paper), logits, or both.")
-    checkpoint: Literal["auto", "best", "final", "swa"] = doc_field("auto", "Base-model weights that predict: best, "
+    checkpoint: Literal["auto", "best", "final", "last", "swa"] = doc_field("auto", "Base-model weights that predict: best, "
                                                              "final or swa; auto: best for paper, final for oof.")
     select_by: SelectBy = doc_field("f1_weighted", "Metric that marks the best row of the results table.")
     train_base_models: bool = doc_field(True, "Train (or resume) base models first; false: fail when a checkpoint is missing.")
@@ -58,7 +59,7 @@ class StackSection(Section):
     def resolved_checkpoint(self) -> str:
         """checkpoint with auto filled in."""
         if self.checkpoint != "auto":
-            return self.checkpoint
+            return checkpoint_choice(self.checkpoint)
         return "final" if self.protocol == "oof" else "best"
 
 

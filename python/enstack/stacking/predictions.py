@@ -32,6 +32,7 @@ import numpy as np
 from enstack._C import CheckpointError, ConfigError, DataError, ModelError
 from enstack._C import ckpt as _ckpt
 from enstack.files import atomic_write
+from enstack.trainer import CHECKPOINT_CHOICES, checkpoint_choice
 
 log = logging.getLogger("enstack")
 
@@ -44,7 +45,7 @@ __all__ = ["CHECKPOINTS", "OUTPUTS", "PredictionSet", "checkpoint_dir", "checkpo
 FORMAT = "enstack-predictions"
 VERSION = 1
 OUTPUTS = ("probabilities", "logits")
-CHECKPOINTS = ("best", "final", "swa")
+CHECKPOINTS = CHECKPOINT_CHOICES
 
 
 @dataclass
@@ -156,6 +157,7 @@ def load(directory: os.PathLike, split: str, outputs: Sequence[str] = ("probabil
 
 def checkpoint_dir(cfg, kind: str) -> Path:
     """The directory holding a run's ``best``, ``final`` (newest full step) or ``swa`` weights."""
+    kind = checkpoint_choice(kind)
     if kind not in CHECKPOINTS:
         raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, not {kind!r}.")
     root = Path(cfg.run.output_dir) / "checkpoints"
@@ -225,6 +227,7 @@ def _native_predict(trainer, store, batch_size: int, output: str) -> np.ndarray:
 def predict_split(trainer, split: str, checkpoint: str = "best", logits: bool = False, batch_size: int = 0,
                   out_dir: Optional[os.PathLike] = None, model: str = "") -> PredictionSet:
     """``trainer``'s predictions on ``split`` with the weights of ``checkpoint``, written to files (or reused)."""
+    checkpoint = checkpoint_choice(checkpoint)
     # The checkpoint first: a missing one is a quick, clear error before any data is prepared.
     ckpt_dir = checkpoint_dir(trainer.cfg, checkpoint)
     identity = checkpoint_identity(ckpt_dir, checkpoint)
