@@ -36,9 +36,11 @@ _check_torch_version()
 
 from enstack import _C  # noqa: E402
 from enstack import _logging  # noqa: E402
-from enstack import colab, hub, model  # noqa: E402  (monitor.plots, monitor.tensorboard: imported on use; matplotlib is slow)
+# The public subpackages and modules; monitor.plots and monitor.tensorboard are imported on use
+# (matplotlib and tensorboard are slow to import).
+from enstack import ckpt, colab, config, data, hub, model, monitor  # noqa: E402
 from enstack.config import Config, load_config  # noqa: E402
-from enstack.trainer import FitResult, Trainer  # noqa: E402
+from enstack.trainer import FitResult, Prepared, Trainer  # noqa: E402
 from enstack import stacking  # noqa: E402
 from enstack.stacking import stack  # noqa: E402
 from enstack._C import CheckpointError, ConfigError, DataError, Error, ModelError  # noqa: E402
@@ -50,7 +52,24 @@ for _exc in (Error, ConfigError, DataError, CheckpointError, ModelError, Termina
 
 _logging.install()
 
+# One rule: __all__ names (1) the subpackages and modules a user calls into, each imported by
+# `import enstack` (ckpt, colab, config, data, hub, model, monitor, stacking), and (2) the few names
+# most programs need without another import: the config, the Trainer and what it returns, the
+# stacking entry point, the log level and the exceptions. Everything else is reached through its
+# module (e.g. enstack.config.trainer_options, enstack.stacking.load_stack_config). Not exported:
+# underscored modules, `cli` (the `enstack` command) and the modules whose public names are
+# re-exported here (`trainer`) or that serve the package itself (`files`, `wheelcache`).
 __all__ = [
+    # modules
+    "ckpt",
+    "colab",
+    "config",
+    "data",
+    "hub",
+    "model",
+    "monitor",
+    "stacking",
+    # names
     "CheckpointError",
     "Config",
     "ConfigError",
@@ -58,14 +77,11 @@ __all__ = [
     "Error",
     "FitResult",
     "ModelError",
+    "Prepared",
     "Terminated",
     "Trainer",
     "__version__",
-    "colab",
-    "hub",
     "load_config",
-    "model",
     "set_log_level",
     "stack",
-    "stacking",
 ]

@@ -106,3 +106,14 @@ def test_type_stub_and_marker_are_shipped():
     assert files.joinpath("py.typed").is_file()
     assert files.joinpath("_C", "__init__.pyi").is_file()
     assert files.joinpath("_C", "model.pyi").is_file()
+
+
+def test_all_exports_the_public_subpackages_by_one_rule():
+    import pathlib
+
+    package = pathlib.Path(enstack.__file__).parent
+    subpackages = {p.name for p in package.iterdir() if (p / "__init__.py").is_file() and not p.name.startswith("_")}
+    assert subpackages - {"cli"} <= set(enstack.__all__)  # cli is the command, not an API
+    assert {"colab", "hub", "model"} <= set(enstack.__all__)
+    assert all(hasattr(enstack, name) for name in enstack.__all__)
+    assert not [n for n in enstack.__all__ if n.startswith("_") and n != "__version__"]
