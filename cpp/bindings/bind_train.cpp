@@ -1,6 +1,7 @@
 // Bindings for enstack::train: metrics and learning-rate schedules.
 // Mirrors enstack/train/{metrics,schedule}.h.
 #include <torch/python.h>
+#include <torch/csrc/utils/pybind.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -12,6 +13,7 @@
 #include "json_bridge.h"
 #include "enstack/data/token_store.h"
 #include "enstack/model/encoder_classifier.h"
+#include "enstack/train/distributed.h"
 #include "enstack/train/metrics.h"
 #include "enstack/train/schedule.h"
 #include "enstack/train/trainer.h"
@@ -61,6 +63,22 @@ void bind_trainer(py::module_& m) {
         }
         return python_of(result.to_json());
       }, py::arg("resume") = true, py::arg("callback") = py::none(), py::arg("take_over_mirror") = false)
+      .def("set_distributed", [](Trainer& t, const py::object& group, const py::object& store, double timeout) {
+        if (group.is_none()) {
+          t.set_distributed(nullptr);
+          return;
+        }
+        // torch.distributed's Python objects hold the c10d C++ ones: the trainer uses them directly.
+        auto process_group = group.cast<c10::intrusive_ptr<c10d::ProcessGroup>>();
+        c10::intrusive_ptr<c10d::Store> rendezvous;
+        if (!store.is_none()) rendezvous = store.cast<c10::intrusive_ptr<c10d::Store>>();
+        t.set_distributed(std::make_shared<train::Distributed>(process_group, rendezvous, timeout));
+      }, py::arg("process_group"), py::arg("store") = py::none(), py::arg("timeout_seconds") = 1800.0,
+      "Train data-parallel over a torch.distributed process group (every rank calls fit, predict and evaluate "
+      "alike); `store` (the rendezvous store) lets a rank's failure end the others at once. None: one process.")
+      .def_property_readonly("rank", [](const Trainer& t) { return t.distributed() ? t.distributed()->rank() : 0; })
+      .def_property_readonly("world_size",
+                             [](const Trainer& t) { return t.distributed() ? t.distributed()->world_size() : 1; })
       .def("predict", [](Trainer& t, const data::TokenStore& store, int64_t batch_size, const std::string& output) {
         if (output != "probabilities" && output != "logits") {
           throw enstack::ConfigError("predict output must be 'probabilities' or 'logits', not '" + output + "'.");

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "bindings.h"
+#include "enstack/train/distributed.h"
 #include "enstack/util/build_info.h"
 #include "enstack/util/clock.h"
 #include "enstack/util/error.h"
@@ -56,6 +57,8 @@ void register_exceptions(py::module_& m) {
   py::register_exception<DataError>(m, "DataError", base.ptr());
   py::register_exception<CheckpointError>(m, "CheckpointError", base.ptr());
   py::register_exception<ModelError>(m, "ModelError", base.ptr());
+  // Another data-parallel rank failed (named in the message), or a collective timed out.
+  py::register_exception<train::DistributedError>(m, "DistributedError", base.ptr());
   // TORCH_CHECK and other c10 errors: the Python type torch would use, message
   // without the C++ backtrace.
   py::register_local_exception_translator([](std::exception_ptr p) {

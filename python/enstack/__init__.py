@@ -38,22 +38,22 @@ from enstack import _C  # noqa: E402
 from enstack import _logging  # noqa: E402
 # The public subpackages and modules; monitor.plots and monitor.tensorboard are imported on use
 # (matplotlib and tensorboard are slow to import).
-from enstack import ckpt, colab, config, data, hub, model, monitor  # noqa: E402
+from enstack import ckpt, colab, config, data, distributed, hub, model, monitor  # noqa: E402
 from enstack.config import Config, load_config  # noqa: E402
 from enstack.trainer import FitResult, Prepared, Trainer  # noqa: E402
 from enstack import stacking  # noqa: E402
 from enstack.stacking import stack  # noqa: E402
-from enstack._C import CheckpointError, ConfigError, DataError, Error, ModelError  # noqa: E402
+from enstack._C import CheckpointError, ConfigError, DataError, DistributedError, Error, ModelError  # noqa: E402
 from enstack._C.train import Terminated  # noqa: E402
 from enstack._logging import set_log_level  # noqa: E402
 
-for _exc in (Error, ConfigError, DataError, CheckpointError, ModelError, Terminated):
+for _exc in (Error, ConfigError, DataError, CheckpointError, ModelError, DistributedError, Terminated):
     _exc.__module__ = "enstack"
 
 _logging.install()
 
 # One rule: __all__ names (1) the subpackages and modules a user calls into, each imported by
-# `import enstack` (ckpt, colab, config, data, hub, model, monitor, stacking), and (2) the few names
+# `import enstack` (ckpt, colab, config, data, distributed, hub, model, monitor, stacking), and (2) the few names
 # most programs need without another import: the config, the Trainer and what it returns, the
 # stacking entry point, the log level and the exceptions. Everything else is reached through its
 # module (e.g. enstack.config.trainer_options, enstack.stacking.load_stack_config). Not exported:
@@ -65,6 +65,7 @@ __all__ = [
     "colab",
     "config",
     "data",
+    "distributed",
     "hub",
     "model",
     "monitor",
@@ -74,6 +75,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataError",
+    "DistributedError",
     "Error",
     "FitResult",
     "ModelError",

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from enstack import colab, hub
+from enstack import colab, distributed, hub
 from enstack import model as es_model
 from enstack._C import CheckpointError, ConfigError, DataError
 from enstack._C import ckpt as _ckpt
@@ -128,6 +128,7 @@ class Trainer:
         self._given_splits = dict(splits) if splits is not None else None
         self._native = None
         self._splits = None
+        self._group: Optional[distributed.Group] = None  # under torchrun with several processes
         self._source: Optional[Path] = None
         self._verified: Dict[str, str] = {}
 
@@ -163,19 +164,30 @@ class Trainer:
         allow_changes = bool(allow_changes)
         if self.checkpoint is not None and not self._score_changed_data:
             self._refuse_changed_data()
+        device = resolve_device(self.cfg)
+        group = self._group = distributed.setup(self.cfg, device)
+        if group is not None:
+            device = distributed.device_for(device, group.local_rank)
         if self._given_splits is not None:
             self._splits = dict(self._given_splits)
-        else:
+        elif group is None:
             self._splits = _prepare.prepare(self.cfg, progress=progress)
+        else:  # rank 0 tokenizes and stores the data; the others then find it prepared
+            if group.is_writer:
+                self._splits = _prepare.prepare(self.cfg, progress=progress)
+            group.barrier()
+            if not group.is_writer:
+                self._splits = _prepare.prepare(self.cfg, progress=False)
         train = self._splits["train"]
         store = train.open()
         vocab = store.info["vocab_size"]
         pad_id = self._pad_id()
         model = self._build_model(train.label_names, vocab)
-        device = resolve_device(self.cfg)
         eval_split = self._splits.get("validation")
         self._native = _train.Trainer(model, store, eval_split.open() if eval_split else None,
                                       trainer_options(self.cfg, device, pad_id, train.label_names, allow_changes))
+        if group is not None:
+            self._native.set_distributed(group.process_group, group.store, group.timeout_seconds)
         self._allow_changes = allow_changes
         self._prepared = Prepared(splits=MappingProxyType(self._splits), model=model, native=self._native,
                                   device=device, precision=resolve_precision(self.cfg, device))
@@ -235,15 +247,27 @@ class Trainer:
         another runtime still renews (only when you know it is dead). SIGTERM stops
         like Ctrl-C and raises ``enstack.Terminated`` (a ``KeyboardInterrupt``).
         """
+        if distributed.launched():  # rank 0 holds the run's lock (the native trainer takes it)
+            with _deterministic(self.cfg.train.deterministic):
+                return self._fit(resume, callback, progress, tensorboard, plots, allow_changes, take_over_mirror)
         with _util.RunLock(str(self.cfg.run.output_dir), "training"), _deterministic(self.cfg.train.deterministic):
             return self._fit(resume, callback, progress, tensorboard, plots, allow_changes, take_over_mirror)
 
+    @property
+    def is_writer(self) -> bool:
+        """False on the data-parallel ranks other than 0, which write no files (see enstack.distributed)."""
+        return self._group is None or self._group.is_writer
+
     def _fit(self, resume, callback, progress, tensorboard, plots, allow_changes, take_over_mirror) -> FitResult:
         self._setup(progress, allow_changes)
+        writer = self.is_writer
         if not resume:
-            self._set_aside_previous_checkpoints()
-        bar = ProgressBar(progress)
-        monitors = self._monitors(tensorboard)
+            if writer:
+                self._set_aside_previous_checkpoints()
+            if self._group is not None:
+                self._group.barrier()  # no rank may resume from what rank 0 moves aside
+        bar = ProgressBar(progress and writer)
+        monitors = self._monitors(tensorboard) if writer else []
 
         def on_record(record: Dict[str, Any]):
             if record.get("event") == "begin":
@@ -276,7 +300,7 @@ class Trainer:
                 monitor.close()
         result = FitResult.from_native(out)
         if plots:
-            self.write_plots(result.global_step)
+            self.write_plots(result.global_step)  # every rank predicts its share; rank 0 draws
         return result
 
     def _set_aside_previous_checkpoints(self) -> None:
@@ -423,6 +447,8 @@ class Trainer:
                     labels = labels.reshape(-1).numpy()
                 else:
                     labels = None
+            if not self.is_writer:
+                return
             written = plots.write_run_plots(out_dir, probs, labels, names, split="validation", step=step)
             log.info("plots written to %s: %s", out_dir / "metrics", ", ".join(p.name for p in written))
         except Exception as e:  # noqa: BLE001 - the run is saved; a failed plot must not lose the result

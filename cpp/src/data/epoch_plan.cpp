@@ -83,6 +83,33 @@ EpochPlan::EpochPlan(int64_t batch_size, std::vector<int64_t> order) {
   fingerprint_ = fingerprint_of(config_, order_);
 }
 
+EpochPlan EpochPlan::of_indices(int64_t batch_size, std::vector<int64_t> indices, int64_t dataset_size) {
+  std::vector<char> seen(static_cast<std::size_t>(std::max<int64_t>(dataset_size, 0)), 0);
+  for (const int64_t i : indices) {
+    ENSTACK_CHECK(i >= 0 && i < dataset_size && !seen[static_cast<std::size_t>(i)], DataError,
+                  "a plan over part of a dataset of ", dataset_size, " examples has index ", i,
+                  " out of range or repeated.");
+    seen[static_cast<std::size_t>(i)] = 1;
+  }
+  if (indices.empty()) {  // a rank with no share: no batches
+    EpochPlan plan(batch_size, std::vector<int64_t>{0});
+    plan.order_.clear();
+    plan.config_.num_examples = 0;
+    plan.num_batches_ = 0;
+    plan.dataset_size_ = dataset_size;
+    plan.fingerprint_ = fingerprint_of(plan.config_, plan.order_);
+    return plan;
+  }
+  // Built as a permutation of 0..k-1, then given the dataset's indices.
+  std::vector<int64_t> identity(indices.size());
+  for (std::size_t k = 0; k < identity.size(); ++k) identity[k] = static_cast<int64_t>(k);
+  EpochPlan plan(batch_size, std::move(identity));
+  plan.order_ = std::move(indices);
+  plan.dataset_size_ = dataset_size;
+  plan.fingerprint_ = fingerprint_of(plan.config_, plan.order_);
+  return plan;
+}
+
 // std::stable_sort, not std::sort: with equal lengths the result is then fully
 // defined by the comparator, so every standard library gives the same order.
 void EpochPlan::group_by_length(std::span<const int64_t> lengths) {

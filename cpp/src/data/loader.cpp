@@ -60,8 +60,8 @@ Loader::Loader(std::shared_ptr<const ExampleSource> source, std::shared_ptr<cons
     : source_(std::move(source)), plan_(std::move(plan)), options_(std::move(options)) {
   ENSTACK_ASSERT(source_ != nullptr && plan_ != nullptr, "a Loader needs a source and a plan.");
   options_.validate();
-  ENSTACK_CHECK(plan_->num_examples() == source_->size(), DataError, "the epoch plan covers ",
-                plan_->num_examples(), " examples but the token store holds ", source_->size(),
+  ENSTACK_CHECK(plan_->dataset_size() == source_->size(), DataError, "the epoch plan covers ",
+                plan_->dataset_size(), " examples but the token store holds ", source_->size(),
                 ". Build the plan from this store's size (the data changed since the plan was made).");
   ENSTACK_CHECK(options_.start_batch >= 0 && options_.start_batch <= plan_->num_batches(), DataError,
                 "cannot start the epoch at batch ", options_.start_batch, ": it has ", plan_->num_batches(),

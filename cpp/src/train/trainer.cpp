@@ -12,11 +12,15 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <tuple>
+#include <utility>
 
 #include "enstack/data/epoch_plan.h"
 #include "enstack/train/clip.h"
 #include "enstack/util/clock.h"
 #include "enstack/util/error.h"
+#include "enstack/util/files.h"
 #include "enstack/util/logging.h"
 #include "enstack/util/run_lock.h"
 #include "trainer_impl.h"
@@ -76,14 +80,28 @@ void Trainer::Impl::begin(bool resume) {
   s.train_fingerprint = t.train_->info().fingerprint;
   s.eval_fingerprint = t.eval_ ? t.eval_->info().fingerprint : "";
   s.config_fingerprint = o.config_fingerprint;
+  s.world_size = dist ? dist->world_size() : 1;
   const auto found = resume ? find_resume_checkpoint(checkpoint_roots()) : std::nullopt;
+  if (dist) {  // every rank must continue from the same checkpoint (they read the same directory)
+    const int64_t step = found ? TrainerState::from_json(nlohmann::json::parse(
+                                     util::read_file<CheckpointError>(*found / kStateFile))["state"]).global_step
+                               : -1;
+    const auto steps = dist->all_gather(torch::tensor({step}, torch::kLong));
+    for (int r = 0; r < dist->world_size(); ++r) {
+      ENSTACK_CHECK(steps[r].item<int64_t>() == step, CheckpointError, "rank ", dist->rank(), " resumes from step ",
+                    step, " but rank ", r, " from step ", steps[r].item<int64_t>(), ": the ranks do not see the "
+                    "same checkpoints. Put run.output_dir on storage every rank reads (one machine, or a shared "
+                    "file system).");
+    }
+  }
   if (!found) {
     ENSTACK_LOG_INFO("training from the start: ", o.epochs, " epochs x ", windows_per_epoch, " steps (",
                      t.train_->size(), " examples, batch ", o.batch_size, " x accumulation ", o.grad_accum, ")");
     return;
   }
-  const TrainerState saved = load_full_checkpoint(*found, model, optimizer, scaler, swa.get(), device);
-  restore_from_mirror();
+  const TrainerState saved =
+      load_full_checkpoint(*found, model, optimizer, scaler, swa.get(), device, dist ? dist->rank() : 0);
+  if (writes) restore_from_mirror();
   auto refuse = [&](const std::string& what, const std::string& then, const std::string& now) {
     if (o.allow_changes) {
       ENSTACK_LOG_WARN("resuming although the ", what, " changed (", then, " -> ", now, ")");
@@ -104,6 +122,11 @@ void Trainer::Impl::begin(bool resume) {
   s = saved;
   s.train_fingerprint = t.train_->info().fingerprint;
   s.config_fingerprint = o.config_fingerprint;
+  s.world_size = dist ? dist->world_size() : 1;
+  if (saved.world_size != s.world_size) {
+    ENSTACK_LOG_INFO("the checkpoint was written by ", saved.world_size, " data-parallel rank(s), this run has ",
+                     s.world_size, ": the global batch of ", o.batch_size, " and its order are unchanged");
+  }
   result.resumed = true;
   if (s.finished) return;  // fit() says the run is done; there is no position to report
   const int64_t batches = (t.train_->size() + o.batch_size - 1) / o.batch_size;
@@ -118,7 +141,10 @@ void Trainer::Impl::begin(bool resume) {
 
 std::vector<data::Batch> Trainer::Impl::take_window(data::Loader& loader, const data::StepWindow& window) {
   std::vector<data::Batch> batches;
-  for (int64_t b = window.first_batch; b < window.end_batch; ++b) {
+  // Under torch.distributed a rank's plan may lack the last batch (its share of a short
+  // last global batch is empty).
+  const int64_t end = std::min(window.end_batch, loader.plan().num_batches());
+  for (int64_t b = window.first_batch; b < end; ++b) {
     auto batch = loader.next();
     ENSTACK_ASSERT(batch && batch->index == b, "loader out of step with the plan");
     ENSTACK_CHECK(batch->labels.dim() == 1, ConfigError, "multi-label training is not supported yet; use "
@@ -131,6 +157,9 @@ std::vector<data::Batch> Trainer::Impl::take_window(data::Loader& loader, const 
 double Trainer::Impl::run_window(const std::vector<data::Batch>& batches, const data::StepWindow& window) {
   model.train();
   torch::Tensor window_loss = torch::zeros({}, torch::kDouble);
+  int64_t micro_left = 0;  // micro-batches of this window still to run on this rank
+  for (const auto& batch : batches) micro_left += std::min<int64_t>(s.microbatch_splits, batch.input_ids.size(0));
+  if (dist && micro_left == 0) dist->begin_sync();  // nothing here: contribute zeros
   for (const auto& batch : batches) {
     auto all_ids = batch.input_ids.to(device), all_mask = batch.attention_mask.to(device);
     auto all_labels = batch.labels.to(device);
@@ -152,18 +181,25 @@ double Trainer::Impl::run_window(const std::vector<data::Batch>& batches, const 
       // Sum of per-sample losses over the whole window's sample count: exact accumulation.
       auto loss = at::cross_entropy_loss(logits.to(torch::kFloat), all_labels.narrow(0, first, n), {},
                                          at::Reduction::Sum) / static_cast<double>(window.num_samples);
+      if (dist && --micro_left == 0) dist->begin_sync();  // the window's last backward: reduce as it goes
       scaler.scale(loss).backward();
       window_loss += loss.detach().to(torch::kCPU, torch::kDouble);
     }
+  }
+  if (dist) {
+    dist->finish_sync();
+    dist->all_reduce(window_loss);  // the global window's loss, for the log
   }
   const double value = window_loss.item<double>();
   ENSTACK_CHECK(std::isfinite(value) || scaler.enabled(), Error, "the training loss is ", value, " at step ",
                 s.global_step, ". Lower train.learning_rate, check the data, or use precision fp32; the last "
                 "checkpoint is intact.");
-  for (const auto& batch : batches) {
-    log_samples += batch.input_ids.size(0);
-    log_tokens += batch.real_tokens;
-  }
+  for (const auto& batch : batches) log_tokens += batch.real_tokens;
+  log_samples += dist ? window.num_samples : [&] {
+    int64_t n = 0;
+    for (const auto& batch : batches) n += batch.input_ids.size(0);
+    return n;
+  }();
   return value;
 }
 
@@ -172,7 +208,9 @@ void Trainer::Impl::shrink_microbatch(const c10::Error& e, const std::vector<dat
   int64_t largest = 0;
   for (const auto& batch : batches) largest = std::max<int64_t>(largest, batch.input_ids.size(0));
   const int64_t rows = (largest + s.microbatch_splits - 1) / s.microbatch_splits;
-  if (!o.auto_microbatch || rows <= 1) out_of_memory(e, window);
+  // Under torch.distributed a retry is possible only before this rank joined the window's
+  // all-reduce (the other ranks wait in it); later it ends the run on every rank.
+  if (!o.auto_microbatch || rows <= 1 || (dist && dist->communicated())) out_of_memory(e, window);
   optimizer.zero_grad();  // the failed attempt's partial gradients
   if (device.is_cuda()) at::accelerator::emptyCache();
   s.microbatch_splits *= 2;
@@ -185,7 +223,7 @@ void Trainer::Impl::shrink_microbatch(const c10::Error& e, const std::vector<dat
         {"microbatch_size", now}});
 }
 
-void Trainer::Impl::after_step(double lr, double norm) {
+void Trainer::Impl::after_step(double lr, double norm, bool time_due) {
   if (o.logging_steps > 0 && s.global_step % o.logging_steps == 0 && log_windows > 0) {
     const double elapsed = std::max(1e-9, seconds_since(log_start));
     const int64_t batches = (t.train_->size() + o.batch_size - 1) / o.batch_size;
@@ -214,7 +252,6 @@ void Trainer::Impl::after_step(double lr, double norm) {
   }
   if (o.eval_strategy == "steps" && o.eval_steps > 0 && s.global_step % o.eval_steps == 0) evaluate_and_track();
   const bool step_due = o.save_steps > 0 && s.global_step % o.save_steps == 0;
-  const bool time_due = o.save_minutes > 0 && util::monotonic_seconds() - last_save_time >= 60.0 * o.save_minutes;
   if (step_due || time_due) save(step_dir_name(s.global_step));
 }
 
@@ -230,13 +267,20 @@ double Trainer::Impl::learning_rate(int64_t step) const {
   return o.swa_lr * alpha + from * (1.0 - alpha);
 }
 
+bool Trainer::Impl::save_time_due() const {
+  return o.save_minutes > 0 && util::monotonic_seconds() - last_save_time >= 60.0 * o.save_minutes;
+}
+
 void Trainer::Impl::check_interrupt() {
   const int sig = g_stop_signal.load();
-  if (sig == 0 && !stop_requested) return;
+  bool stop = sig != 0 || stop_requested;
+  if (dist) std::tie(stop, time_due_agreed) = agree(stop, save_time_due());
+  if (!stop) return;
   save(kRecoveryDir);
   saver.flush();
   report_saves();
-  const char* why = sig == SIGTERM ? "stopped by SIGTERM" : "interrupted";
+  const char* why = sig == SIGTERM ? "stopped by SIGTERM"
+                    : (sig == 0 && !stop_requested) ? "stopped with another rank" : "interrupted";
   throw Interrupted(util::str_cat("training ", why, " at step ", s.global_step, "; state saved to ",
                                   (t.checkpoints_dir() / kRecoveryDir).string(), ". fit(resume=True) continues."),
                     sig);
@@ -252,7 +296,8 @@ void Trainer::Impl::run_epoch() {
   std::vector<int64_t> lengths;
   if (o.group_by_length) lengths = t.train_->lengths();
   auto plan = std::make_shared<const data::EpochPlan>(plan_config, lengths);
-  const auto windows = plan->windows(o.grad_accum);
+  const auto windows = plan->windows(o.grad_accum);  // of the global batches: the same on every rank
+  if (dist) plan = rank_plan(*plan, dist->rank(), dist->world_size());
   data::LoaderOptions loader_options;
   loader_options.start_batch = s.batch_cursor;
   loader_options.pad_id = o.pad_id;
@@ -301,7 +346,7 @@ void Trainer::Impl::run_epoch() {
       loss_sum += loss;
       norm_sum += norm;
       ++log_windows;
-      after_step(lr, norm);
+      after_step(lr, norm, dist ? std::exchange(time_due_agreed, false) : save_time_due());
     }
     report_saves();
     if (s.early_stopped) return;
@@ -329,6 +374,7 @@ FitResult Trainer::Impl::finish() {
   }
   saver.flush();  // the final checkpoint is on disk (and mirrored) before fit returns
   report_saves();
+  if (dist) dist->barrier();  // ... for every rank
   result.global_step = s.global_step;
   result.epochs_completed = s.epochs_completed;
   result.early_stopped = s.early_stopped;
@@ -352,10 +398,48 @@ Trainer::Trainer(std::shared_ptr<model::EncoderClassifier> model, std::shared_pt
 
 fs::path Trainer::checkpoints_dir() const { return fs::path(options_.output_dir) / kCheckpointsDir; }
 
+void Trainer::set_distributed(std::shared_ptr<Distributed> distributed) {
+  if (distributed && distributed->world_size() > 1) {
+    ENSTACK_CHECK(options_.batch_size % distributed->world_size() == 0, ConfigError, "train.batch_size ",
+                  options_.batch_size, " is the global batch and must divide among the ", distributed->world_size(),
+                  " ranks; use a multiple of ", distributed->world_size(), " (e.g. ",
+                  (options_.batch_size / distributed->world_size() + 1) * distributed->world_size(), ").");
+    dist_ = std::move(distributed);
+  } else {
+    dist_.reset();
+  }
+}
+
 FitResult Trainer::fit(bool resume, const Callback& callback, bool take_over_mirror) {
-  util::RunLock run_lock(options_.output_dir, "training");
+  if (!dist_) return fit_local(resume, callback, take_over_mirror);
+  try {
+    return fit_local(resume, callback, take_over_mirror);
+  } catch (const DistributedError&) {
+    throw;  // another rank's failure, already recorded
+  } catch (const Interrupted&) {
+    throw;  // every rank stops together
+  } catch (const std::exception& e) {
+    dist_->report_failure(e.what());
+    throw;
+  }
+}
+
+FitResult Trainer::fit_local(bool resume, const Callback& callback, bool take_over_mirror) {
+  std::optional<util::RunLock> run_lock;  // one process writes the run: rank 0
+  if (!dist_ || dist_->rank() == 0) run_lock.emplace(options_.output_dir, "training");
   StopSignalGuard stop_signals;
   model_->to(torch::Device(options_.device));
+  struct Hooks {
+    Distributed* d;
+    ~Hooks() {
+      if (d) d->detach();
+    }
+  } hooks{dist_.get()};
+  if (dist_) {
+    std::vector<torch::Tensor> params;
+    for (const auto& item : model_->named_parameters(true)) params.push_back(item.value());
+    dist_->attach(params);
+  }
   Impl impl(*this, callback, take_over_mirror);
   impl.begin(resume);
   if (impl.s.finished) {

@@ -1,7 +1,11 @@
 // What the training loop writes (see trainer_impl.h): evaluations and the best
 // model, checkpoints and the saver's reports, the SWA model, and the recovery
 // checkpoint after running out of memory; and the resume-side mirror restore.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+
 #include <cmath>
+#include <mutex>
 
 #include "enstack/model/weights.h"
 #include "enstack/util/error.h"
@@ -39,9 +43,11 @@ void Trainer::Impl::evaluate_and_track() {
   auto record = metrics.to_json(o.label_names);
   record["step"] = s.global_step;
   record["epoch"] = s.epoch;
-  fs::create_directories(fs::path(o.output_dir) / "metrics");
-  util::write_file_atomic(fs::path(o.output_dir) / "metrics" / util::str_cat("eval-step-", s.global_step, ".json"),
-                          record.dump(2));
+  if (writes) {
+    fs::create_directories(fs::path(o.output_dir) / "metrics");
+    util::write_file_atomic(fs::path(o.output_dir) / "metrics" / util::str_cat("eval-step-", s.global_step, ".json"),
+                            record.dump(2));
+  }
   s.last_eval = record;
   if (o.metric_for_best.empty()) {  // train.metric_for_best: null: no best/ and no early stopping
     ENSTACK_LOG_INFO("eval at step ", s.global_step, ": loss ", metrics.loss, ", accuracy ", metrics.accuracy);
@@ -57,7 +63,7 @@ void Trainer::Impl::evaluate_and_track() {
     s.best_step = s.global_step;
     s.best_eval = record;
     s.patience_counter = 0;
-    saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16",
+    if (writes) saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16",
                                 {{"metric", o.metric_for_best}, {"value", value}}, &saver.pool()),
                  t.checkpoints_dir() / kBestDir);
   } else {
@@ -73,11 +79,39 @@ void Trainer::Impl::evaluate_and_track() {
   }
 }
 
+std::map<std::string, torch::Tensor> Trainer::Impl::gather_rank_rng() {
+  std::map<std::string, torch::Tensor> out;
+  if (!dist) return out;
+  torch::Tensor cpu;
+  {
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    cpu = generator.get_state();
+  }
+  const auto states = dist->all_gather(cpu);
+  for (int r = 1; r < dist->world_size(); ++r) out.emplace(util::str_cat(kRngKey, kRankSuffix, r), states[r]);
+  if (device.is_cuda()) {
+    torch::Tensor cuda;
+    {
+      auto generator = at::globalContext().defaultGenerator(device);
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      cuda = generator.get_state();
+    }
+    const auto cuda_states = dist->all_gather(cuda);
+    for (int r = 1; r < dist->world_size(); ++r) {
+      out.emplace(util::str_cat(kCudaRngKey, kRankSuffix, r), cuda_states[r]);
+    }
+  }
+  return out;
+}
+
 void Trainer::Impl::save(const std::string& name) {
   last_save_time = util::monotonic_seconds();
+  auto rank_rng = gather_rank_rng();  // every rank takes part; rank 0 writes
+  if (!writes) return;
   const auto start = std::chrono::steady_clock::now();
   auto snapshot = snapshot_full_checkpoint(model, optimizer, scaler, swa.get(), s, options_json(), device,
-                                           &saver.pool());
+                                           &saver.pool(), rank_rng);
   const double snapshot_seconds = seconds_since(start);
   const double waited = saver.submit(std::move(snapshot), t.checkpoints_dir() / name);
   if (waited > 0.05) {
@@ -112,6 +146,9 @@ void Trainer::Impl::report_saves() {
   if (device.is_cuda()) at::accelerator::emptyCache();
   std::string saved = "nothing could be saved";
   try {
+    // Under torch.distributed the other ranks are inside the step: no collective save is
+    // possible, and the run resumes from its newest checkpoint.
+    if (dist) throw Error("data-parallel ranks cannot save outside a step boundary");
     save(kRecoveryDir);
     saver.flush();
     report_saves();
@@ -167,8 +204,10 @@ void Trainer::Impl::finalize_swa() {
       auto record = metrics.to_json(o.label_names);
       record["step"] = s.global_step;
       record["swa_count"] = swa->count();
-      fs::create_directories(fs::path(o.output_dir) / "metrics");
-      util::write_file_atomic(fs::path(o.output_dir) / "metrics" / "eval-swa.json", record.dump(2));
+      if (writes) {
+        fs::create_directories(fs::path(o.output_dir) / "metrics");
+        util::write_file_atomic(fs::path(o.output_dir) / "metrics" / "eval-swa.json", record.dump(2));
+      }
       s.swa_eval = record;
       if (!o.metric_for_best.empty()) {
         extra["metric"] = o.metric_for_best;
@@ -179,8 +218,10 @@ void Trainer::Impl::finalize_swa() {
                        o.metric_for_best, " ", s.best_metric, ")"));
       emit({{"event", "swa_eval"}, {"step", s.global_step}, {"metrics", record}});
     }
-    saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16", extra, &saver.pool()),
-                 t.checkpoints_dir() / kSwaDir);
+    if (writes) {
+      saver.submit(snapshot_model(model, s.global_step, o.best_model_dtype == "fp16", extra, &saver.pool()),
+                   t.checkpoints_dir() / kSwaDir);
+    }
     snapshot_wait_seconds += saver.wait_for_snapshots();  // the copy reads the swapped-in weights
   } catch (...) {
     saver.wait_for_snapshots();

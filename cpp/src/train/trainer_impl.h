@@ -10,7 +10,10 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
+#include <tuple>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +23,7 @@
 #include "enstack/ckpt/mirror_lease.h"
 #include "enstack/data/loader.h"
 #include "enstack/train/adamw.h"
+#include "enstack/train/distributed.h"
 #include "enstack/train/grad_scaler.h"
 #include "enstack/train/schedule.h"
 #include "enstack/train/swa.h"
@@ -56,6 +60,20 @@ class AutocastGuard {
   at::ScalarType previous_dtype_ = at::kFloat;
 };
 
+// Rank r's share of every global batch of `plan`: the r-th of `world` near-equal
+// contiguous slices of each batch (all equal to batch / world but in a short last batch,
+// where a share may be empty). The batch indices stay the global ones.
+inline std::shared_ptr<const data::EpochPlan> rank_plan(const data::EpochPlan& plan, int rank, int world) {
+  std::vector<int64_t> mine;
+  for (int64_t k = 0; k < plan.num_batches(); ++k) {
+    const auto batch = plan.batch_view(k);
+    const auto n = static_cast<int64_t>(batch.size());
+    mine.insert(mine.end(), batch.begin() + rank * n / world, batch.begin() + (rank + 1) * n / world);
+  }
+  return std::make_shared<const data::EpochPlan>(
+      data::EpochPlan::of_indices(plan.batch_size() / world, std::move(mine), plan.num_examples()));
+}
+
 inline double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -65,8 +83,10 @@ inline int64_t swa_start_epoch(const TrainerOptions& o) {
   return o.swa_start_epoch > 0 ? o.swa_start_epoch : std::min(o.epochs, o.epochs * 3 / 4 + 1);
 }
 
-inline ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o, std::shared_ptr<const ckpt::MirrorLease> lease) {
+inline ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o, std::shared_ptr<const ckpt::MirrorLease> lease,
+                                             bool writes) {
   ckpt::AsyncSaverOptions a;
+  if (!writes) return a;  // a rank other than 0: it never submits
   a.mirror_lease = std::move(lease);
   a.coalesce = o.save_coalesce;
   a.synchronous = !o.async_save;
@@ -79,6 +99,8 @@ inline ckpt::AsyncSaverOptions saver_options(const TrainerOptions& o, std::share
 struct Trainer::Impl {
   Trainer& t;
   const TrainerOptions& o;
+  Distributed* dist;  // null: one process
+  bool writes;        // rank 0 (or one process): checkpoints, metrics files, the mirror, the callback
   model::EncoderClassifier& model;
   torch::Device device;
   AdamW optimizer;
@@ -97,19 +119,21 @@ struct Trainer::Impl {
   FitResult result;
   const Callback& callback;
   bool stop_requested = false;
+  bool time_due_agreed = false;  // under torch.distributed: rank 0's save_minutes clock, agreed at the last boundary
   // since the last log record
   double loss_sum = 0, norm_sum = 0;
   int64_t log_windows = 0, log_samples = 0, log_tokens = 0;
   std::chrono::steady_clock::time_point log_start = std::chrono::steady_clock::now();
 
   Impl(Trainer& trainer, const Callback& cb, bool take_over_mirror)
-      : t(trainer), o(trainer.options_), model(*trainer.model_), device(trainer.options_.device),
+      : t(trainer), o(trainer.options_), dist(trainer.dist_.get()), writes(!dist || dist->rank() == 0),
+        model(*trainer.model_), device(trainer.options_.device),
         optimizer(named_parameters(), adamw_options()), scaler(scaler_options()),
         schedule(parse_schedule(o.lr_schedule)),
-        lease(o.mirror_dir.empty() ? nullptr
-                                   : std::make_shared<ckpt::MirrorLease>(o.mirror_dir, o.mirror_lease_seconds,
-                                                                         take_over_mirror)),
-        saver(saver_options(trainer.options_, lease)), callback(cb) {
+        lease(o.mirror_dir.empty() || !writes
+                  ? nullptr
+                  : std::make_shared<ckpt::MirrorLease>(o.mirror_dir, o.mirror_lease_seconds, take_over_mirror)),
+        saver(saver_options(trainer.options_, lease, writes)), callback(cb) {
     windows_per_epoch = data::EpochPlan::num_windows(
         (t.train_->size() + o.batch_size - 1) / o.batch_size, o.grad_accum);
     total_steps = windows_per_epoch * o.epochs;
@@ -140,9 +164,20 @@ struct Trainer::Impl {
   nlohmann::json options_json() const;
 
   bool emit(const nlohmann::json& record) {
-    if (callback && !callback(record)) stop_requested = true;
+    if (writes && callback && !callback(record)) stop_requested = true;
     return !stop_requested;
   }
+  // Under torch.distributed: every rank learns whether any rank wants to stop (Ctrl-C,
+  // SIGTERM, the callback) and whether rank 0's save_minutes clock is due, at the same
+  // step boundary. Returns {stop, time_due}.
+  std::pair<bool, bool> agree(bool stop, bool time_due) {
+    if (!dist) return {stop, time_due};
+    auto flags = torch::tensor({static_cast<int>(stop), static_cast<int>(time_due && writes)}, torch::kInt);
+    dist->all_reduce(flags, /*max=*/true);
+    return {flags[0].item<int>() != 0, flags[1].item<int>() != 0};
+  }
+  // The generator states of ranks 1.. for rank 0's checkpoint (a collective: every rank calls it).
+  std::map<std::string, torch::Tensor> gather_rank_rng();
 
   std::vector<fs::path> checkpoint_roots() const {
     std::vector<fs::path> roots{t.checkpoints_dir()};
@@ -167,10 +202,11 @@ struct Trainer::Impl {
   // train.auto_microbatch is off or a micro-batch is one example already).
   void shrink_microbatch(const c10::Error& e, const std::vector<data::Batch>& batches,
                          const data::StepWindow& window);
-  void after_step(double lr, double norm);
+  void after_step(double lr, double norm, bool time_due);
   void evaluate_and_track();
   void save(const std::string& name);
   void check_interrupt();
+  bool save_time_due() const;
   FitResult finish();
   // best_dir/best_saved_step and last_checkpoint as the disk holds them (see FitResult).
   void fill_saved_result();

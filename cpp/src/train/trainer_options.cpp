@@ -9,6 +9,7 @@
 
 #include "enstack/data/epoch_plan.h"
 #include "enstack/data/loader.h"
+#include "enstack/train/distributed.h"
 #include "enstack/train/trainer.h"
 #include "enstack/util/error.h"
 #include "trainer_impl.h"
@@ -150,14 +151,27 @@ torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size
   std::vector<int64_t> order(lengths.size());
   std::iota(order.begin(), order.end(), int64_t{0});
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
-  auto plan = std::make_shared<const data::EpochPlan>(batch_size > 0 ? batch_size : options_.batch_size * 2, order);
+  const int64_t size = batch_size > 0 ? batch_size : options_.batch_size * 2;
+  const data::EpochPlan global(size, order);
+  // Under torch.distributed, batch k runs on rank k % world, exactly as one process would
+  // run it (the same examples padded the same way), and the results are gathered.
+  const int world = dist_ ? dist_->world_size() : 1, rank = dist_ ? dist_->rank() : 0;
+  std::vector<std::vector<int64_t>> shares(world);
+  for (int64_t k = 0; k < global.num_batches(); ++k) {
+    const auto batch = global.batch_view(k);
+    shares[k % world].insert(shares[k % world].end(), batch.begin(), batch.end());
+  }
+  auto plan = world == 1 ? std::make_shared<const data::EpochPlan>(global)
+                         : std::make_shared<const data::EpochPlan>(
+                               data::EpochPlan::of_indices(size, shares[rank], store.size()));
   data::LoaderOptions loader_options;
   loader_options.pad_id = options_.pad_id;
   loader_options.max_length = options_.max_length;
   auto shared = std::shared_ptr<const data::TokenStore>(&store, [](const data::TokenStore*) {});
   data::Loader loader(shared, plan, loader_options);
   const torch::Device device(options_.device);
-  torch::Tensor out;
+  const int64_t classes = model_->config().num_labels();
+  auto local = torch::empty({static_cast<int64_t>(shares[rank].size()), classes}, torch::kFloat);
   int64_t done = 0;
   while (auto batch = loader.next()) {
     torch::Tensor logits;
@@ -167,11 +181,25 @@ torch::Tensor Trainer::predict(const data::TokenStore& store, int64_t batch_size
     }
     logits = logits.to(torch::kFloat);
     auto values = (output == Output::kLogits ? logits : torch::softmax(logits, 1)).cpu();
-    if (!out.defined()) out = torch::empty({store.size(), values.size(1)}, torch::kFloat);
-    const auto rows = torch::from_blob(order.data() + done, {values.size(0)}, torch::kLong);
-    out.index_copy_(0, rows, values);
+    local.narrow(0, done, values.size(0)).copy_(values);
     done += values.size(0);
   }
+  auto out = torch::empty({store.size(), classes}, torch::kFloat);
+  auto place = [&](const std::vector<int64_t>& rows, const torch::Tensor& values) {
+    if (rows.empty()) return;
+    const auto index = torch::tensor(rows, torch::kLong);
+    out.index_copy_(0, index, values.narrow(0, 0, static_cast<int64_t>(rows.size())));
+  };
+  if (world == 1) {
+    place(shares[0], local);
+    return out;
+  }
+  std::size_t most = 0;
+  for (const auto& share : shares) most = std::max(most, share.size());
+  auto padded = torch::zeros({static_cast<int64_t>(most), classes}, torch::kFloat);
+  padded.narrow(0, 0, local.size(0)).copy_(local);
+  const auto gathered = dist_->all_gather(padded);
+  for (int r = 0; r < world; ++r) place(shares[r], gathered[r].cpu());
   return out;
 }
 

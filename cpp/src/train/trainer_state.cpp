@@ -44,7 +44,7 @@ nlohmann::json TrainerState::to_json() const {
           {"train_fingerprint", train_fingerprint}, {"eval_fingerprint", eval_fingerprint},
           {"config_fingerprint", config_fingerprint}, {"last_eval", last_eval}, {"best_eval", best_eval},
           {"swa_count", swa_count}, {"swa_eval", swa_eval}, {"imported_from", imported_from},
-          {"microbatch_splits", microbatch_splits}};
+          {"microbatch_splits", microbatch_splits}, {"world_size", world_size}};
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j) {
@@ -71,6 +71,8 @@ TrainerState TrainerState::from_json(const nlohmann::json& j) {
     s.imported_from = j.value("imported_from", nlohmann::json(nullptr));
     s.microbatch_splits = j.value("microbatch_splits", int64_t{1});
     if (s.microbatch_splits < 1) throw CheckpointError("trainer_state.json: microbatch_splits must be >= 1.");
+    s.world_size = j.value("world_size", int64_t{1});
+    if (s.world_size < 1) throw CheckpointError("trainer_state.json: world_size must be >= 1.");
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(util::str_cat("trainer_state.json is incomplete (", e.what(), ")."));
   }
@@ -80,8 +82,10 @@ TrainerState TrainerState::from_json(const nlohmann::json& j) {
 ckpt::Snapshot snapshot_full_checkpoint(const model::EncoderClassifier& model, const AdamW& optimizer,
                                         const GradScaler& scaler, const SwaAverage* swa, const TrainerState& state,
                                         const nlohmann::json& options, const torch::Device& device,
-                                        ckpt::BufferPool* pool) {
+                                        ckpt::BufferPool* pool,
+                                        const std::map<std::string, torch::Tensor>& rank_rng) {
   std::map<std::string, torch::Tensor> extra = optimizer.state_tensors();
+  for (const auto& [name, state] : rank_rng) extra.emplace(name, state);
   for (auto& [name, tensor] : scaler.state_tensors()) extra.emplace(kScalerPrefix + name, tensor);
   {
     auto generator = at::detail::getDefaultCPUGenerator();
@@ -120,7 +124,7 @@ ckpt::Snapshot snapshot_model(const model::EncoderClassifier& model, int64_t ste
 }
 
 TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier& model, AdamW& optimizer,
-                                  GradScaler& scaler, SwaAverage* swa, const torch::Device& device) {
+                                  GradScaler& scaler, SwaAverage* swa, const torch::Device& device, int rank) {
   ckpt::verify(dir);
   model::SafetensorsReader weights(dir / kModelFile);
   model::StateMap state;
@@ -130,11 +134,22 @@ TrainerState load_full_checkpoint(const fs::path& dir, model::EncoderClassifier&
   model::SafetensorsReader extra(dir / kOptimizerFile);
   std::map<std::string, torch::Tensor> optimizer_state, scaler_state;
   torch::Tensor rng, cuda_rng;
+  const std::string own_rng = util::str_cat(kRngKey, kRankSuffix, rank);
+  const std::string own_cuda_rng = util::str_cat(kCudaRngKey, kRankSuffix, rank);
+  bool own = false;
   for (const auto& name : extra.names()) {
     if (name == kRngKey) {
-      rng = extra.tensor(name);
+      if (!own) rng = extra.tensor(name);
     } else if (name == kCudaRngKey) {
+      if (!own) cuda_rng = extra.tensor(name);
+    } else if (rank > 0 && name == own_rng) {  // this rank's own stream, saved by the same number of ranks
+      rng = extra.tensor(name);
+      own = true;
+    } else if (rank > 0 && name == own_cuda_rng) {
       cuda_rng = extra.tensor(name);
+    } else if (name.rfind(util::str_cat(kRngKey, kRankSuffix), 0) == 0 ||
+               name.rfind(util::str_cat(kCudaRngKey, kRankSuffix), 0) == 0) {
+      // another rank's
     } else if (name.rfind(kScalerPrefix, 0) == 0) {
       scaler_state.emplace(name.substr(std::string(kScalerPrefix).size()), extra.tensor(name));
     } else {
@@ -271,7 +286,8 @@ fs::path write_full_checkpoint(const fs::path& checkpoints_root, const nlohmann:
   for (const auto& [name, tensor] : optimizer_entries) {
     if (name == kRngKey) {
       has_rng = true;
-    } else if (name != kCudaRngKey && name.rfind(kScalerPrefix, 0) != 0) {
+    } else if (name.rfind(kRngKey, 0) != 0 && name.rfind(kCudaRngKey, 0) != 0 &&
+               name.rfind(kScalerPrefix, 0) != 0) {
       moments.emplace(name, tensor);
     }
   }

@@ -27,7 +27,8 @@ namespace enstack::train {
 ckpt::Snapshot snapshot_full_checkpoint(const model::EncoderClassifier& model, const AdamW& optimizer,
                                         const GradScaler& scaler, const SwaAverage* swa, const TrainerState& state,
                                         const nlohmann::json& options, const torch::Device& device,
-                                        ckpt::BufferPool* pool);
+                                        ckpt::BufferPool* pool,
+                                        const std::map<std::string, torch::Tensor>& rank_rng = {});
 
 // A model-only snapshot (best/, swa/): config.json + model.safetensors, in fp16 when
 // asked; the weights are copied deferred, as above.
@@ -38,6 +39,6 @@ ckpt::Snapshot snapshot_model(const model::EncoderClassifier& model, int64_t ste
 // training there) from `dir` and returns its state.
 TrainerState load_full_checkpoint(const std::filesystem::path& dir, model::EncoderClassifier& model,
                                   AdamW& optimizer, GradScaler& scaler, SwaAverage* swa,
-                                  const torch::Device& device);
+                                  const torch::Device& device, int rank = 0);
 
 }  // namespace enstack::train

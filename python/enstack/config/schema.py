@@ -107,6 +107,12 @@ class RunConfig(Section):
     num_threads: int = doc_field(0, "CPU intra-op threads; 0: all cores.")
     device: str = doc_field("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
     log_level: LogLevel = doc_field("info", f"{LOG_LEVELS_TEXT}.")
+    dist_backend: Optional[Literal["gloo", "nccl"]] = doc_field(
+        None, "torch.distributed backend when launched by torchrun with several processes; null: nccl on CUDA, "
+        "gloo on CPU.")
+    dist_timeout_seconds: float = doc_field(
+        1800.0, "Under torchrun: a collective that does not complete in this time (a rank stuck or gone) stops "
+        "every rank with an error naming the cause; a rank's own failure stops the others at once.")
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,7 @@ class TrainConfig(Section):
 # Data file paths are covered by the dataset fingerprint stored in checkpoints.
 NOT_FINGERPRINTED = frozenset({
     "run.name", "run.output_dir", "run.mirror_dir", "run.mirror_lease_seconds", "run.num_threads", "run.device", "run.log_level",
+    "run.dist_backend", "run.dist_timeout_seconds",
     "data.format", "data.train", "data.validation", "data.test", "data.id_column", "data.max_bad_share",
     "data.trust_pickle", "data.num_workers", "train.save_steps", "train.save_minutes", "train.save_total_limit", "train.auto_microbatch", "train.deterministic",
     "train.logging_steps", "train.save_coalesce", "train.best_model_dtype",

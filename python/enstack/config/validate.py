@@ -279,6 +279,7 @@ def _check_run(cfg: "Config", p: Problems) -> None:
     p.require(bool(run.output_dir), "run.output_dir", "must not be empty")
     p.require(run.mirror_dir != "", "run.mirror_dir", "must not be empty; use null for no mirror")
     p.require(run.mirror_lease_seconds > 0, "run.mirror_lease_seconds", f"must be > 0, got {run.mirror_lease_seconds}")
+    p.require(run.dist_timeout_seconds > 0, "run.dist_timeout_seconds", f"must be > 0, got {run.dist_timeout_seconds}")
     p.require(run.seed >= 0, "run.seed", f"must be >= 0, got {run.seed}")
     p.require(run.num_threads >= 0, "run.num_threads", f"must be >= 0 (0: all cores), got {run.num_threads}")
     p.require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", run.device) is not None, "run.device",

@@ -55,9 +55,15 @@ class EpochPlan {
   // A plan with an explicit order (a permutation of 0..n-1), e.g. inference over
   // examples sorted by length; config().shuffle is false.
   EpochPlan(int64_t batch_size, std::vector<int64_t> order);
+  // A plan over part of a dataset of `dataset_size` examples: `indices` distinct, in
+  // range, in the given order (a data-parallel rank's share of every global batch, or of
+  // the evaluation batches).
+  static EpochPlan of_indices(int64_t batch_size, std::vector<int64_t> indices, int64_t dataset_size);
 
   const EpochPlanConfig& config() const { return config_; }
   int64_t num_examples() const { return config_.num_examples; }
+  // The size of the dataset the indices refer to: num_examples(), or more for a plan of_indices.
+  int64_t dataset_size() const { return dataset_size_ >= 0 ? dataset_size_ : config_.num_examples; }
   int64_t batch_size() const { return config_.batch_size; }
   int64_t num_batches() const { return num_batches_; }
 
@@ -85,6 +91,7 @@ class EpochPlan {
   int64_t num_batches_ = 0;
   std::vector<int64_t> order_;
   std::string fingerprint_;
+  int64_t dataset_size_ = -1;
 };
 
 }  // namespace enstack::data

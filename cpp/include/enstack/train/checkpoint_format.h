@@ -29,6 +29,9 @@ inline constexpr const char* kSwaFile = "swa.safetensors";
 inline constexpr const char* kRngKey = "rng.cpu";
 inline constexpr const char* kCudaRngKey = "rng.cuda";
 inline constexpr const char* kScalerPrefix = "scaler.";
+// Under torch.distributed, rank r > 0's generator states are saved too (rank 0's are
+// rng.cpu / rng.cuda): rng.cpu.rank<r>, rng.cuda.rank<r>.
+inline constexpr const char* kRankSuffix = ".rank";
 // Directories under <output_dir>/checkpoints: step-NNNNNNNN (periodic and epoch-end
 // full checkpoints), recovery (written on an interruption or error), best and swa
 // (model-only).
@@ -61,6 +64,9 @@ struct TrainerState {
   // Each planned batch runs as this many micro-batches (doubled on each out-of-memory
   // with train.auto_microbatch); the plan, the windows and the update are unchanged.
   int64_t microbatch_splits = 1;
+  // The number of data-parallel ranks that wrote the checkpoint (train.batch_size is the
+  // global batch either way, so a run resumes on any number of ranks that divides it).
+  int64_t world_size = 1;
 
   nlohmann::json to_json() const;
   // Throws CheckpointError naming the missing or mistyped key.

@@ -25,6 +25,8 @@
 
 namespace enstack::train {
 
+class Distributed;
+
 struct TrainerOptions {
   std::string output_dir;
   uint64_t seed = 42;
@@ -145,8 +147,17 @@ class Trainer {
   const TrainerOptions& options() const { return options_; }
   std::filesystem::path checkpoints_dir() const;
 
+  // Data-parallel training (enstack/train/distributed.h): every rank of the group calls
+  // fit (and predict/evaluate) with the same options; train.batch_size is the global
+  // batch, each rank runs its share of every global batch. Rank 0 alone writes
+  // checkpoints, metrics files and the mirror, and alone calls the callback.
+  void set_distributed(std::shared_ptr<Distributed> distributed);
+  const std::shared_ptr<Distributed>& distributed() const { return dist_; }
+
  private:
   struct Impl;
+  FitResult fit_local(bool resume, const Callback& callback, bool take_over_mirror);
+  std::shared_ptr<Distributed> dist_;
   std::shared_ptr<model::EncoderClassifier> model_;
   std::shared_ptr<const data::TokenStore> train_, eval_;
   TrainerOptions options_;
