@@ -55,10 +55,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from enstack.config import ENSTACK5_LABELS
+
 TARGET_S = 2.0
 NOISE_FLOOR_S = 0.05  # differences below 50 ms count as noise on a shared machine
 VOCAB = 256  # ids < 257 are cached Python ints: a million short lists stay small
-LABELS = ["CWE-119", "CWE-120", "CWE-469", "CWE-476", "CWE-other"]
+LABELS = list(ENSTACK5_LABELS)
 TINY = {"model_type": "roberta", "vocab_size": VOCAB, "hidden_size": 8, "num_hidden_layers": 1,
         "num_attention_heads": 2, "intermediate_size": 16, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
         "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 24, "type_vocab_size": 1,

@@ -27,6 +27,7 @@ from enstack._C import CheckpointError, ConfigError, DataError
 from enstack._C import ckpt as _ckpt
 from enstack._C import train as _train
 from enstack._C import util as _util
+from enstack.ckpt import tools as ckpt_tools
 from enstack.config import Config, resolve_device, resolve_precision, trainer_options
 from enstack.data import prepare as _prepare
 from enstack.monitor.history import TrainLog
@@ -307,9 +308,7 @@ class Trainer:
         """Starting over in a run directory that has checkpoints: they are moved aside
         (never deleted), so a later resume cannot pick a higher-step checkpoint of the
         previous run and mix the two."""
-        roots = [Path(self.cfg.run.output_dir) / "checkpoints"]
-        if self.cfg.run.mirror_dir:
-            roots.append(Path(self.cfg.run.mirror_dir) / "checkpoints")
+        roots = ckpt_tools.run_roots(self.cfg)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for root in roots:
             if not root.is_dir() or not any(root.iterdir()):
@@ -378,13 +377,10 @@ class Trainer:
         return self._verified[which]
 
     def _find_checkpoint(self, which: str) -> str:
-        root = Path(self.cfg.run.output_dir) / "checkpoints"
+        root = Path(self.cfg.run.output_dir) / _ckpt.CHECKPOINTS_DIR
         if which == "final":
-            found = _latest_full_checkpoint(root)
-            if found is None:
-                raise CheckpointError(f"no valid checkpoint in {root}; train first (`enstack train CONFIG`).")
-            return str(found)
-        path = root / which if which in ("best", "swa") else Path(which)
+            return str(ckpt_tools.final_checkpoint(self.cfg))
+        path = root / {"best": _ckpt.BEST_DIR, "swa": _ckpt.SWA_DIR}[which] if which in ("best", "swa") else Path(which)
         if not path.is_dir():
             hint = {"best": "it appears after the first evaluation (train.metric_for_best must be set)",
                     "swa": "it is written when train.swa.enabled is true"}.get(which, "check the path")
@@ -480,17 +476,3 @@ def _deterministic(enabled: bool):
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
-
-
-def _latest_full_checkpoint(root: Path) -> Optional[Path]:
-    """The newest valid full-state checkpoint, as the native resume picks it (recovery/ when newer)."""
-    latest = _ckpt.latest_valid([str(root)], "step-")
-    recovery = root / "recovery"
-    if recovery.is_dir():
-        try:
-            manifest = _ckpt.verify_checkpoint(str(recovery))
-            if manifest["kind"] == "full" and (latest is None or manifest["step"] >= _ckpt.verify_checkpoint(str(latest))["step"]):
-                return recovery
-        except CheckpointError as e:
-            log.warning("ignoring the recovery checkpoint: %s", e)
-    return Path(latest) if latest is not None else None

@@ -223,7 +223,7 @@ void Trainer::Impl::shrink_microbatch(const c10::Error& e, const std::vector<dat
         {"microbatch_size", now}});
 }
 
-void Trainer::Impl::after_step(double lr, double norm, bool time_due) {
+void Trainer::Impl::after_step(double lr, double norm) {
   if (o.logging_steps > 0 && s.global_step % o.logging_steps == 0 && log_windows > 0) {
     const double elapsed = std::max(1e-9, seconds_since(log_start));
     const int64_t batches = (t.train_->size() + o.batch_size - 1) / o.batch_size;
@@ -252,6 +252,8 @@ void Trainer::Impl::after_step(double lr, double norm, bool time_due) {
   }
   if (o.eval_strategy == "steps" && o.eval_steps > 0 && s.global_step % o.eval_steps == 0) evaluate_and_track();
   const bool step_due = o.save_steps > 0 && s.global_step % o.save_steps == 0;
+  // Under torch.distributed rank 0's clock decides, agreed at the last step boundary.
+  const bool time_due = dist ? std::exchange(time_due_agreed, false) : save_time_due();
   if (step_due || time_due) save(step_dir_name(s.global_step));
 }
 
@@ -346,7 +348,7 @@ void Trainer::Impl::run_epoch() {
       loss_sum += loss;
       norm_sum += norm;
       ++log_windows;
-      after_step(lr, norm, dist ? std::exchange(time_due_agreed, false) : save_time_due());
+      after_step(lr, norm);
     }
     report_saves();
     if (s.early_stopped) return;

@@ -202,7 +202,7 @@ struct Trainer::Impl {
   // train.auto_microbatch is off or a micro-batch is one example already).
   void shrink_microbatch(const c10::Error& e, const std::vector<data::Batch>& batches,
                          const data::StepWindow& window);
-  void after_step(double lr, double norm, bool time_due);
+  void after_step(double lr, double norm);
   void evaluate_and_track();
   void save(const std::string& name);
   void check_interrupt();

@@ -22,8 +22,8 @@ from enstack.ckpt.verify import (check_files, check_manifest, foreign_hint, read
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["check_files", "export", "format_inspect", "format_list", "inspect", "list_run", "read_safetensors",
-           "resume_candidate", "verify"]
+__all__ = ["check_files", "export", "final_checkpoint", "format_inspect", "format_list", "inspect", "list_run",
+           "read_safetensors", "resume_candidate", "run_roots", "verify"]
 
 
 # -- inspect --------------------------------------------------------------------------------------
@@ -154,6 +154,25 @@ def resume_candidate(roots: List[Path]) -> Optional[Path]:
     except CheckpointError:
         return None
     return Path(found) if found else None
+
+
+def run_roots(cfg) -> List[Path]:
+    """Where a run's checkpoints are: ``<output_dir>/checkpoints``, then the mirror's."""
+    roots = [Path(cfg.run.output_dir) / _ckpt.CHECKPOINTS_DIR]
+    if cfg.run.mirror_dir:
+        roots.append(Path(cfg.run.mirror_dir) / _ckpt.CHECKPOINTS_DIR)
+    return roots
+
+
+def final_checkpoint(cfg) -> Path:
+    """The run's final weights: the checkpoint ``fit(resume=True)`` would continue from (the
+    newest valid full one, local or mirrored, ``recovery`` included). ``CheckpointError`` when
+    there is none, or (listing each and why) when none is valid."""
+    found = _ckpt.resume_checkpoint([str(r) for r in run_roots(cfg)])
+    if found is None:
+        raise CheckpointError(f"no complete training checkpoint under {run_roots(cfg)[0]}; train the model first "
+                              "(`enstack train CONFIG`).")
+    return Path(found)
 
 
 def list_run(run_dir: PathLike, mirror_dir: Optional[PathLike] = None) -> List[Dict[str, Any]]:

@@ -40,26 +40,28 @@ def trainer_options(cfg: Config, device: str, pad_id: int, label_names: List[str
     order, ``allow_changes`` lets a resume accept changed data or configuration.
     """
     t, r = cfg.train, cfg.run
-    metric = t.metric_for_best or ""  # "": no best-model tracking (metric_for_best: null)
-    greater = t.greater_is_better if t.greater_is_better is not None else metric not in ("loss", "")
+    # null is "off" and goes to the native trainer as None, which reads it as the option's off
+    # value (_C.train.trainer_options documents each); the config's own rules are applied here:
+    # save_steps null saves at every evaluation, greater_is_better null follows the metric.
+    greater = t.greater_is_better if t.greater_is_better is not None else t.metric_for_best not in ("loss", None)
     return {
         "output_dir": str(r.output_dir), "seed": r.seed, "num_threads": r.num_threads, "device": device,
         "epochs": t.epochs, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
         "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "warmup_ratio": t.warmup_ratio,
-        "warmup_steps": t.warmup_steps, "lr_schedule": t.lr_schedule, "max_grad_norm": t.max_grad_norm,
+        "warmup_steps": t.warmup_steps or None, "lr_schedule": t.lr_schedule, "max_grad_norm": t.max_grad_norm,
         "precision": resolve_precision(cfg, device), "eval_strategy": t.eval_strategy,
-        "eval_steps": t.eval_steps or 0,
-        "save_steps": t.save_steps if t.save_steps is not None else (t.eval_steps or 0),
-        "save_minutes": float(t.save_minutes or 0.0), "auto_microbatch": t.auto_microbatch,
-        "save_total_limit": t.save_total_limit or 1_000_000, "logging_steps": t.logging_steps,
-        "metric_for_best": metric, "greater_is_better": greater,
-        "patience": t.early_stopping.patience or 0, "threshold": t.early_stopping.threshold,
+        "eval_steps": t.eval_steps,
+        "save_steps": t.save_steps if t.save_steps is not None else t.eval_steps,
+        "save_minutes": t.save_minutes, "auto_microbatch": t.auto_microbatch,
+        "save_total_limit": t.save_total_limit, "logging_steps": t.logging_steps,
+        "metric_for_best": t.metric_for_best, "greater_is_better": greater,
+        "patience": t.early_stopping.patience, "threshold": t.early_stopping.threshold,
         "group_by_length": cfg.data.group_by_length, "pad_id": pad_id,
         "max_length": cfg.model.max_length, "label_names": label_names,
         "config_fingerprint": cfg.fingerprint(), "allow_changes": allow_changes,
-        "mirror_dir": str(r.mirror_dir) if r.mirror_dir else "", "save_coalesce": t.save_coalesce,
+        "mirror_dir": str(r.mirror_dir) if r.mirror_dir else None, "save_coalesce": t.save_coalesce,
         "mirror_lease_seconds": float(r.mirror_lease_seconds),
         "best_model_dtype": t.best_model_dtype, "swa_enabled": t.swa.enabled,
-        "swa_start_epoch": t.swa.start_epoch or 0, "swa_every_steps": t.swa.every_steps or 0,
-        "swa_lr": t.swa.lr or 0.0, "loss_scale": t.loss_scale,
+        "swa_start_epoch": t.swa.start_epoch, "swa_every_steps": t.swa.every_steps,
+        "swa_lr": t.swa.lr, "loss_scale": t.loss_scale,
     }

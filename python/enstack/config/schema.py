@@ -54,7 +54,7 @@ EvalStrategy = Literal["steps", "epoch"]
 Metric = Literal["loss", "accuracy", "precision_macro", "precision_weighted", "recall_macro",
                  "recall_weighted", "f1_macro", "f1_micro", "f1_weighted", "mcc", "auc_macro",
                  "auc_weighted"]
-ModelDtype = Literal["fp32", "fp16", "bf16"]
+ModelDtype = Literal["fp32", "fp16"]  # what the native trainer writes best/ and swa/ in
 
 
 def doc_field(default: Any, doc: str) -> Any:

@@ -31,6 +31,7 @@ import numpy as np
 
 from enstack._C import CheckpointError, ConfigError, DataError, ModelError
 from enstack._C import ckpt as _ckpt
+from enstack.ckpt import tools as ckpt_tools
 from enstack.files import atomic_write
 from enstack.trainer import CHECKPOINT_CHOICES, checkpoint_choice
 
@@ -160,16 +161,11 @@ def checkpoint_dir(cfg, kind: str) -> Path:
     kind = checkpoint_choice(kind)
     if kind not in CHECKPOINTS:
         raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, not {kind!r}.")
-    root = Path(cfg.run.output_dir) / "checkpoints"
-    if kind == "final":
-        roots = [root] + ([Path(cfg.run.mirror_dir) / "checkpoints"] if cfg.run.mirror_dir else [])
-        latest = _ckpt.latest_valid([str(r) for r in roots], "step-")
-        if latest is None:
-            raise CheckpointError(f"no complete training checkpoint under {root}; train the model first "
-                                  "(`enstack train CONFIG`, or stack.train_base_models: true).")
-        return Path(latest)
-    path = root / kind
-    if not (path / "MANIFEST.json").is_file():
+    root = Path(cfg.run.output_dir) / _ckpt.CHECKPOINTS_DIR
+    if kind == "final":  # the trainer's own choice: what a resume would continue from
+        return ckpt_tools.final_checkpoint(cfg)
+    path = root / {"best": _ckpt.BEST_DIR, "swa": _ckpt.SWA_DIR}[kind]
+    if not (path / _ckpt.MANIFEST_FILE).is_file():
         hint = {"best": "it is written at evaluations when train.metric_for_best is set",
                 "swa": "it is written when train.swa.enabled is true"}[kind]
         raise CheckpointError(f"no '{kind}' checkpoint at {path} ({hint}); train the model first, or choose "

@@ -32,7 +32,7 @@ struct TrainerOptions {
   uint64_t seed = 42;
   int num_threads = 0;  // 0: leave torch's setting
   std::string device = "cpu";
-  int64_t epochs = 1;
+  int64_t epochs = 10;
   int64_t batch_size = 16;
   int64_t grad_accum = 1;
   double learning_rate = 2e-5;
@@ -58,7 +58,7 @@ struct TrainerOptions {
   double threshold = 0.0;
   bool group_by_length = false;
   int64_t pad_id = 1;
-  int64_t max_length = 0;
+  int64_t max_length = 512;  // tokens per example; 0: no cap
   std::vector<std::string> label_names;
   std::string config_fingerprint;  // of the run's configuration; a resume with another is refused
   bool allow_changes = false;      // accept a changed dataset/config on resume, knowingly
