@@ -221,3 +221,14 @@ def test_torchrun_launches_the_cli(data_files, tmp_path):
     state = json.loads(sorted((tmp_path / "cli" / "checkpoints").glob("step-*"))[-1].joinpath(
         "trainer_state.json").read_text())["state"]
     assert state["world_size"] == 2 and state["finished"]
+
+
+def test_inspect_shows_the_world_size_a_checkpoint_was_written_with(data_files, tmp_path):
+    from enstack.ckpt import tools
+
+    _, outs = launch(data_files, tmp_path / "run", 2, more={"train.epochs": 1})
+    assert all(rc == 0 for rc, _, _ in outs), [o[2][-2000:] for o in outs]
+    last = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    report = tools.inspect(last)
+    assert report["valid"] and report["state"]["world_size"] == 2
+    assert "written by 2 data-parallel rank(s); global batch 8 (4 per rank)" in tools.format_inspect(report)

@@ -128,6 +128,11 @@ def format_inspect(report: Dict[str, Any]) -> str:
         lines.append(f"best metric  {_fmt(s.get('best_metric'))} at step {_fmt(s.get('best_step'))} "
                      f"(patience counter {_fmt(s.get('patience_counter'))})")
         lines.append(f"SWA count    {_fmt(s.get('swa_count'))}")
+        world, batch = s.get("world_size"), s.get("batch_size")
+        if isinstance(world, int):
+            per_rank = f" ({batch // world} per rank)" if isinstance(batch, int) and world > 1 else ""
+            lines.append(f"ranks        written by {world} data-parallel rank(s); global batch {_fmt(batch)}{per_rank}; "
+                         f"micro-batches per batch {_fmt(s.get('microbatch_splits'))}")
         lines.append(f"data         train {_fmt(s.get('train_fingerprint'))}  eval {_fmt(s.get('eval_fingerprint'))}"
                      f"  config {_fmt(s.get('config_fingerprint'))[:16]}")
         if s.get("imported_from"):
