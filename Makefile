@@ -79,6 +79,7 @@ bench: setup
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/resume.py
 	$(PY) benchmarks/checkpoint.py
+	$(PY) benchmarks/ddp.py
 
 clean:
 	rm -rf build $(STAMPS) runs

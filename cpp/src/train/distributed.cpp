@@ -4,6 +4,7 @@
 #include <ATen/DeviceAccelerator.h>
 #include <torch/csrc/distributed/c10d/Types.hpp>
 
+#include <cstdlib>
 #include <thread>
 
 #include "enstack/util/logging.h"
@@ -29,6 +30,14 @@ Distributed::Distributed(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intr
   rank_ = group_->getRank();
   world_size_ = group_->getSize();
   poll_ = group_->getBackendName() == "gloo";
+  const char* overlap = std::getenv("ENSTACK_DDP_OVERLAP");
+  overlap_ = !(overlap && std::string(overlap) == "0");
+}
+
+double Distributed::take_exposed_seconds() {
+  const double out = exposed_seconds_;
+  exposed_seconds_ = 0.0;
+  return out;
 }
 
 Distributed::~Distributed() { detach(); }
@@ -45,7 +54,9 @@ void Distributed::attach(const std::vector<torch::Tensor>& params, int64_t bucke
     const auto& p = params_[i];
     if (!p.requires_grad()) continue;
     const int64_t size = p.numel() * static_cast<int64_t>(p.element_size());
-    if (buckets_.empty() || bytes + size > bucket_bytes) {
+    // As DDP: the first bucket is small (1 MiB), so communication starts early in backward.
+    const int64_t cap = buckets_.size() <= 1 ? std::min<int64_t>(bucket_bytes, 1 << 20) : bucket_bytes;
+    if (buckets_.empty() || bytes + size > cap) {
       buckets_.emplace_back();
       bytes = 0;
     }
@@ -112,7 +123,7 @@ void Distributed::on_grad(int64_t param, const torch::Tensor& grad) {
     view.copy_(grad.reshape({-1}));
   }
   filled_[param] = 1;
-  if (--b.pending == 0) start_ready_buckets_locked();
+  if (--b.pending == 0 && overlap_) start_ready_buckets_locked();
 }
 
 void Distributed::start_ready_buckets_locked() {
@@ -154,7 +165,9 @@ void Distributed::finish_sync() {
     start_ready_buckets_locked();
     syncing_ = false;
   }
+  const auto start = std::chrono::steady_clock::now();
   for (auto& b : buckets_) wait(b.work, "gradient all-reduce");
+  exposed_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (auto& b : buckets_) {
     for (std::size_t slot = 0; slot < b.params.size(); ++slot) {
       auto& p = params_[b.params[slot]];

@@ -241,6 +241,10 @@ void Trainer::Impl::after_step(double lr, double norm) {
       record["cuda_max_reserved_bytes"] = stats.reserved_bytes[aggregate].peak;
     }
     if (swa) record["swa_count"] = swa->count();
+    if (dist) {
+      record["world_size"] = dist->world_size();
+      record["allreduce_wait_seconds"] = dist->take_exposed_seconds();  // not hidden behind backward
+    }
     emit(record);
     loss_sum = norm_sum = 0;
     log_windows = log_samples = log_tokens = 0;

@@ -4,7 +4,7 @@
 // CPUs, NCCL on GPUs) and hands it, with the rendezvous store, to the trainer. All
 // communication is c10d's: this class only decides what is reduced and when.
 //
-// Gradients: the parameters are cut into buckets (about bucket_bytes each, in reverse
+// Gradients: the parameters are cut into buckets (the first 1 MiB, then about bucket_bytes each, in reverse
 // registration order, roughly the order backward produces them). During the last
 // backward of an accumulation window, a hook on each parameter copies its gradient
 // (what earlier micro-batches accumulated plus the incoming one) into its bucket; a
@@ -70,6 +70,13 @@ class Distributed {
   std::vector<torch::Tensor> all_gather(const torch::Tensor& tensor);
   void barrier();
 
+  // Seconds finish_sync spent waiting for gradient all-reduces since the last call: the
+  // communication backward did not hide.
+  double take_exposed_seconds();
+  // ENSTACK_DDP_OVERLAP=0 in the environment starts every bucket after backward instead
+  // (benchmarks/ddp.py measures what the overlap hides with it).
+  bool overlaps() const { return overlap_; }
+
   // Records this rank's failure for the others (best effort; never throws).
   void report_failure(const std::string& what) noexcept;
 
@@ -92,7 +99,9 @@ class Distributed {
   c10::intrusive_ptr<c10d::Store> store_;
   std::chrono::milliseconds timeout_;
   int rank_ = 0, world_size_ = 1;
-  bool poll_ = true;  // CPU collectives (Gloo): wait by polling, so a peer's failure is noticed
+  bool poll_ = true;
+  bool overlap_ = true;
+  double exposed_seconds_ = 0.0;  // CPU collectives (Gloo): wait by polling, so a peer's failure is noticed
   std::vector<torch::Tensor> params_;
   std::vector<unsigned> hooks_;
   std::vector<int64_t> bucket_of_;
