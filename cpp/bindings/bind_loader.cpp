@@ -88,6 +88,10 @@ void bind_epoch_plan(py::module_& m) {
 }
 
 void bind_loader_class(py::module_& m) {
+  m.def("padded_length", &Loader::padded_length, py::arg("longest"), py::arg("multiple") = 8,
+        py::arg("max_length") = 0,
+        "The length the loader pads a batch to whose longest example has `longest` tokens: rounded up to "
+        "`multiple`, capped at `max_length` (0: no cap).");
   py::class_<Loader>(m, "Loader",
       "Iterates the padded batches [start_batch, end) of an EpochPlan over a TokenStore, prepared by a background "
       "thread. Yields dicts {index, input_ids, attention_mask, labels, real_tokens}.")

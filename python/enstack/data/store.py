@@ -15,16 +15,16 @@ from enstack._C.data import TokenStore
 __all__ = ["TokenStore", "format_stats", "stats"]
 
 
-def _padded_per_batch(lengths: torch.Tensor, batch_size: int, seed: int) -> int:
-    """Tokens a loader pads to when each shuffled batch is padded to its own longest
-    sequence, rounded up to a multiple of 8 (what enstack's loader does)."""
-    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed))
-    shuffled = lengths[order]
+def _padded_per_batch(lengths: torch.Tensor, batch_size: int, seed: int, max_length: int) -> int:
+    """Tokens the loader computes on for an epoch of this store: the epoch plan of ``seed``
+    (epoch 0, shuffled), each batch padded by the loader's own rule (``_C.data.padded_length``)."""
+    from enstack._C.data import EpochPlan, padded_length
+
+    plan = EpochPlan(len(lengths), batch_size, seed, 0)
     total = 0
-    for start in range(0, len(shuffled), batch_size):
-        batch = shuffled[start : start + batch_size]
-        width = int(batch.max())
-        total += ((width + 7) // 8 * 8) * len(batch)
+    for k in range(len(plan)):
+        batch = lengths[plan.batch(k)]
+        total += padded_length(int(batch.max()), 8, max_length) * len(batch)
     return total
 
 
@@ -55,7 +55,7 @@ def stats(store: TokenStore, batch_size: int = 16, seed: int = 0,
     real = out["total_tokens"]
     if max_length > 0:
         out["padding_waste_fixed"] = 1.0 - real / (count * max_length)
-    per_batch = _padded_per_batch(lengths, batch_size, seed)
+    per_batch = _padded_per_batch(lengths, batch_size, seed, max_length)
     out["padding_waste_per_batch"] = 1.0 - real / per_batch
     out["batch_size"] = batch_size
     return out
