@@ -130,7 +130,7 @@ def test_predict_texts_matches_the_token_store_path(run):
     (["eval", "{config}", "--checkpoint", "/no/such/dir"], "there is no checkpoint directory /no/such/dir"),
     (["predict", "{config}", "--out", "p.csv"], "must end in .npy"),
     (["predict", "{config}", "--input", "/no/such.jsonl", "--out", "p.npy"], "--input '/no/such.jsonl' does not"),
-    (["bench", "no-such-benchmark"], "no benchmark 'no-such-benchmark'; there are: checkpoint, encoder"),
+    (["bench", "no-such-benchmark"], "no benchmark 'no-such-benchmark'; there are: checkpoint, ddp, encoder"),
 ])
 def test_errors_are_one_line_on_stderr_without_traceback(run, capsys, argv, message):
     config, _ = run
