@@ -232,3 +232,16 @@ def test_inspect_shows_the_world_size_a_checkpoint_was_written_with(data_files, 
     report = tools.inspect(last)
     assert report["valid"] and report["state"]["world_size"] == 2
     assert "written by 2 data-parallel rank(s); global batch 8 (4 per rank)" in tools.format_inspect(report)
+
+
+def test_out_of_memory_before_the_all_reduce_halves_the_micro_batch_on_every_rank(data_files, tmp_path):
+    """An out-of-memory at the forward of step 3 on both ranks (before they communicate): each
+    runs its share as smaller micro-batches from then on, and the run ends as the one-process
+    run with the same injected out-of-memory."""
+    env = {"ENSTACK_INJECT_OOM_AT_STEP": "3"}
+    one, outs = launch(data_files, tmp_path / "one", 1, env=env)
+    assert one is not None, outs[0][2][-3000:]
+    two, outs = launch(data_files, tmp_path / "two", 2, env=env)
+    assert two is not None and all(rc == 0 for rc, _, _ in outs), [o[2][-3000:] for o in outs]
+    assert "micro-batches" in outs[0][2]
+    assert_same_weights(final(tmp_path / "one")[0], final(tmp_path / "two")[0])

@@ -105,7 +105,13 @@ void Distributed::begin_sync() {
 
 bool Distributed::communicated() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return next_bucket_ > 0;
+  return syncing_ && next_bucket_ > 0;
+}
+
+void Distributed::abandon_sync() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ENSTACK_ASSERT(next_bucket_ == 0 || !syncing_, "a sync that communicated cannot be abandoned");
+  syncing_ = false;
 }
 
 void Distributed::on_grad(int64_t param, const torch::Tensor& grad) {

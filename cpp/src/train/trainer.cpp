@@ -158,7 +158,10 @@ double Trainer::Impl::run_window(const std::vector<data::Batch>& batches, const 
   model.train();
   torch::Tensor window_loss = torch::zeros({}, torch::kDouble);
   int64_t micro_left = 0;  // micro-batches of this window still to run on this rank
-  for (const auto& batch : batches) micro_left += std::min<int64_t>(s.microbatch_splits, batch.input_ids.size(0));
+  for (const auto& batch : batches) {  // as the loop below cuts them
+    const int64_t rows = batch.input_ids.size(0), per = (rows + s.microbatch_splits - 1) / s.microbatch_splits;
+    if (rows > 0) micro_left += (rows + per - 1) / per;
+  }
   if (dist && micro_left == 0) dist->begin_sync();  // nothing here: contribute zeros
   for (const auto& batch : batches) {
     auto all_ids = batch.input_ids.to(device), all_mask = batch.attention_mask.to(device);
@@ -194,12 +197,8 @@ double Trainer::Impl::run_window(const std::vector<data::Batch>& batches, const 
   ENSTACK_CHECK(std::isfinite(value) || scaler.enabled(), Error, "the training loss is ", value, " at step ",
                 s.global_step, ". Lower train.learning_rate, check the data, or use precision fp32; the last "
                 "checkpoint is intact.");
-  for (const auto& batch : batches) log_tokens += batch.real_tokens;
-  log_samples += dist ? window.num_samples : [&] {
-    int64_t n = 0;
-    for (const auto& batch : batches) n += batch.input_ids.size(0);
-    return n;
-  }();
+  for (const auto& batch : batches) log_tokens += batch.real_tokens;  // this rank's
+  log_samples += window.num_samples;  // the global window's (all ranks')
   return value;
 }
 
@@ -211,6 +210,7 @@ void Trainer::Impl::shrink_microbatch(const c10::Error& e, const std::vector<dat
   // Under torch.distributed a retry is possible only before this rank joined the window's
   // all-reduce (the other ranks wait in it); later it ends the run on every rank.
   if (!o.auto_microbatch || rows <= 1 || (dist && dist->communicated())) out_of_memory(e, window);
+  if (dist) dist->abandon_sync();
   optimizer.zero_grad();  // the failed attempt's partial gradients
   if (device.is_cuda()) at::accelerator::emptyCache();
   s.microbatch_splits *= 2;

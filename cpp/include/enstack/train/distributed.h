@@ -63,6 +63,8 @@ class Distributed {
   void finish_sync();
   // True once a bucket started in the current sync (an out-of-memory retry is then impossible).
   bool communicated() const;
+  // Drops a sync that has not communicated (a window retried after out of memory).
+  void abandon_sync();
 
   // Element-wise sum / max over the ranks, in place (blocking).
   void all_reduce(torch::Tensor& tensor, bool max = false);
