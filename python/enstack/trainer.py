@@ -333,9 +333,9 @@ class Trainer:
         ``<split>.probabilities.npy`` (+ ``.logits.npy``) and a ``<split>.json`` index of ids, labels,
         store fingerprint and checkpoint identity to ``out_dir`` (default
         ``<output_dir>/predictions/<checkpoint>``); files still fresh are reused. Returns
-        ``{split: enstack.stacking.PredictionSet}``. Loads those weights into this trainer's model.
+        ``{split: enstack.predictions.PredictionSet}``. Loads those weights into this trainer's model.
         """
-        from enstack.stacking.predictions import predict_split
+        from enstack.predictions import predict_split
 
         return {s: predict_split(self, s, checkpoint, logits=logits, out_dir=out_dir) for s in splits}
 

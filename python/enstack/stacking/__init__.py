@@ -24,7 +24,7 @@ from enstack.stacking.config import META_CLASSIFIERS, StackConfig, StackSection,
 from enstack.stacking.dataset import MetaDataset, MetaSplit, feature_matrix, from_predictions
 from enstack.stacking.experiment import run_table, stack
 from enstack.stacking.meta import MetaModel, fit_meta, load_meta_model, make_classifier
-from enstack.stacking.predictions import PredictionSet, predict_split
+from enstack.predictions import PredictionSet, predict_split
 from enstack.stacking.protocols import FoldOutputs, FoldTask, Pool, out_of_fold, paper_dataset, plan_folds
 from enstack.stacking.report import StackReport, compute_metrics
 

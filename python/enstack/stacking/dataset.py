@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from enstack._C import DataError
-from enstack.stacking.predictions import PredictionSet
+from enstack.predictions import PredictionSet
 
 __all__ = ["MetaDataset", "MetaSplit", "feature_matrix", "from_predictions"]
 

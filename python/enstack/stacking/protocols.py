@@ -33,7 +33,7 @@ import numpy as np
 
 from enstack._C import DataError
 from enstack.stacking.dataset import MetaDataset, MetaSplit, from_predictions
-from enstack.stacking.predictions import data_key_of, predict_split
+from enstack.predictions import data_key_of, predict_split
 from enstack.trainer import Trainer
 
 log = logging.getLogger("enstack")
