@@ -18,6 +18,7 @@
 #include "enstack/train/adamw.h"
 #include "enstack/train/trainer.h"
 #include "enstack/util/error.h"
+#include "../tiny_encoder.h"
 
 namespace enstack::train {
 namespace {
@@ -74,17 +75,7 @@ class WriteFullCheckpointTest : public ::testing::Test {
     const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
     root_ = fs::temp_directory_path() / (std::string("enstack_format_") + test->name() + "_" + std::to_string(::getpid()));
     fs::remove_all(root_);
-    model::EncoderConfig c;
-    c.vocab_size = 40;
-    c.hidden_size = 16;
-    c.num_hidden_layers = 1;
-    c.num_attention_heads = 4;
-    c.intermediate_size = 24;
-    c.max_position_embeddings = 40;
-    c.pad_token_id = 1;
-    c.set_num_labels(3);
-    torch::manual_seed(0);
-    model_ = std::make_shared<model::EncoderClassifier>(c);
+    model_ = enstack::testing::tiny_encoder(/*layers=*/1);
     std::vector<std::pair<std::string, torch::Tensor>> params;
     for (const auto& item : model_->named_parameters(true)) params.emplace_back(item.key(), item.value());
     optimizer_ = AdamW(params).state_tensors();

@@ -16,6 +16,7 @@
 #include "enstack/ckpt/checkpoint_dir.h"
 #include "enstack/model/encoder_classifier.h"
 #include "enstack/util/error.h"
+#include "../tiny_encoder.h"
 
 namespace enstack::train {
 namespace {
@@ -42,19 +43,7 @@ class TrainerTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::shared_ptr<model::EncoderClassifier> model() const {
-    model::EncoderConfig c;
-    c.vocab_size = 40;
-    c.hidden_size = 16;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.intermediate_size = 24;
-    c.max_position_embeddings = 40;
-    c.pad_token_id = 1;
-    c.set_num_labels(3);
-    torch::manual_seed(0);  // the same initial weights for every run of a test
-    return std::make_shared<model::EncoderClassifier>(c);
-  }
+  std::shared_ptr<model::EncoderClassifier> model() const { return enstack::testing::tiny_encoder(); }
   TrainerOptions options(const std::string& run) const {
     TrainerOptions o;
     o.output_dir = (dir_ / run).string();
